@@ -1,0 +1,177 @@
+"""Generation engine: prefill once, then decode token by token against a preallocated KV cache.
+
+The engine knows token ids and pixel values only; prompts, templates and text are the processor's
+business. Batches of prompts with different lengths and image counts are left-padded: positions
+restart at each row's first real token (cumsum of the mask, the official rule) and padded keys are
+masked, so each row gets the same tokens as when run alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..model.kv_cache import KVCache
+from ..model.mono_internvl import MonoInternVL, positions_from_mask
+
+
+@dataclass
+class SamplingParams:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    repetition_penalty: float = 1.0  # 1.0 = off; HF rule: divide positive logits, multiply negative ones
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature} (use do_sample=False for greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+
+def next_tokens(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from fp32 logits [B, V], in the HF order: penalty, temperature, top-k, top-p."""
+    if seen is not None and p.repetition_penalty != 1.0:
+        penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if not p.do_sample:
+        return logits.argmax(-1)
+    logits = logits / p.temperature
+    if p.top_k:
+        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        # Drop a token once the mass before it already reaches top_p; the best token always stays.
+        drop_sorted = (cum - sorted_logits.softmax(-1)) >= p.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Prompt:
+    """One request: token ids (1D) and its tiles [n, 3, S, S] (or None)."""
+
+    input_ids: Sequence[int] | torch.Tensor
+    pixel_values: torch.Tensor | None = None
+
+
+class Engine:
+    def __init__(self, model: MonoInternVL):
+        self.model = model
+
+    def _generator(self, p: SamplingParams) -> torch.Generator | None:
+        if not p.do_sample:
+            return None
+        g = torch.Generator(device=self.model.device)
+        g.manual_seed(p.seed if p.seed is not None else torch.seed())
+        return g
+
+    @torch.inference_mode()
+    def stream(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+               image_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
+               max_new_tokens: int = 16, sampling: SamplingParams | None = None,
+               stop_token_ids: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+        """Yield the next token of every row, [B], step by step; rows that stopped yield the pad id.
+
+        A row stops after emitting one of `stop_token_ids` (the stop token is yielded). Iteration
+        ends when every row stopped or after `max_new_tokens` steps.
+        """
+        model, cfg = self.model, self.model.config.llm
+        sampling = sampling or SamplingParams()
+        device = model.device
+        input_ids = input_ids.to(device)
+        b, t = input_ids.shape
+        if max_new_tokens <= 0:
+            return
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device).bool()
+            if bool(attention_mask.all()):
+                attention_mask = None  # no padding: use the mask-free fused attention paths
+        cache = KVCache(cfg.num_hidden_layers, b, cfg.num_key_value_heads, cfg.head_dim,
+                        t + max_new_tokens, model.dtype, device)
+        generator = self._generator(sampling)
+        seen = None
+        if sampling.repetition_penalty != 1.0:
+            seen = torch.zeros(b, cfg.vocab_size, dtype=torch.bool, device=device)
+            valid = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+            seen[torch.arange(b, device=device)[:, None].expand(b, t)[valid], input_ids[valid]] = True
+        stop = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+
+        logits = model(input_ids, pixel_values, image_token_id, attention_mask=attention_mask,
+                       cache=cache, logits_to_keep=1).logits[:, -1]
+        if attention_mask is None:
+            positions = torch.full((b, 1), t, dtype=torch.long, device=device)
+        else:
+            positions = positions_from_mask(attention_mask, 0, t, device, b)[:, -1:] + 1
+        embed = model.language_model.model.tok_embeddings
+        for step in range(max_new_tokens):
+            token = next_tokens(logits, sampling, seen, generator)
+            token = token.masked_fill(done, cfg.pad_token_id)
+            yield token
+            done |= torch.isin(token, stop)
+            if bool(done.all()) or step == max_new_tokens - 1:
+                return
+            if seen is not None:
+                seen[torch.arange(b, device=device), token] = True
+            if attention_mask is not None:
+                attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
+            # Generated tokens are text: no visual mask, so every layer runs the text experts.
+            logits = model.language_model(embed(token[:, None]), positions, None, attention_mask, cache)[:, -1]
+            positions = positions + 1
+
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                 image_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
+                 max_new_tokens: int = 16, sampling: SamplingParams | None = None,
+                 stop_token_ids: Sequence[int] = ()) -> torch.LongTensor:
+        """All new tokens, [B, n] (n <= max_new_tokens); after its stop token a row is padded with pad_token_id."""
+        steps = list(self.stream(input_ids, pixel_values, image_token_id, attention_mask, max_new_tokens,
+                                 sampling, stop_token_ids))
+        if not steps:
+            return torch.empty(input_ids.shape[0], 0, dtype=torch.long)
+        return torch.stack(steps, dim=1).cpu()
+
+    def generate_batch(self, prompts: Sequence[Prompt], image_token_id: int | None = None,
+                       max_new_tokens: int = 16, sampling: SamplingParams | None = None,
+                       stop_token_ids: Sequence[int] = ()) -> list[list[int]]:
+        """Several prompts of any lengths and image counts in one batch; each row's tokens up to its stop."""
+        if not prompts:
+            return []
+        ids, mask, pixels = left_pad(prompts, self.model.config.llm.pad_token_id)
+        out = self.generate(ids, pixels, image_token_id, mask, max_new_tokens, sampling, stop_token_ids)
+        stops = set(stop_token_ids)
+        results = []
+        for row in out.tolist():
+            kept = []
+            for tok in row:
+                kept.append(tok)
+                if tok in stops:
+                    break
+            results.append(kept)
+        return results
+
+
+def left_pad(prompts: Sequence[Prompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Stack prompts right-aligned: ids [B, T], mask [B, T] (1 = real), tiles concatenated in row order."""
+    rows = [torch.as_tensor(p.input_ids, dtype=torch.long).reshape(-1) for p in prompts]
+    t = max(len(r) for r in rows)
+    ids = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), t), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, t - len(r):] = r
+        mask[i, t - len(r):] = 1
+    tiles = [p.pixel_values for p in prompts if p.pixel_values is not None]
+    return ids, mask, (torch.cat(tiles) if tiles else None)

@@ -1,0 +1,1 @@
+"""The model: config dataclasses, patch embedding, expert decoder, top-level MonoInternVL."""

@@ -1,0 +1,239 @@
+"""The InternLM2 decoder with modality experts, routed by the token mask.
+
+Every layer has a text FFN (`feed_forward`) and a visual FFN (`feed_forward_ve`); v1.5 also has
+visual attention projections (`attention.wqkv_ve`, `attention.wo_ve`, reference 9.2). Each token
+runs through exactly one expert: image tokens (`<IMG_CONTEXT>` positions) the visual one, all other
+tokens the text one. The published code computes both FFNs for every token and mixes them with the
+mask (reference 8.1), which doubles the FFN cost; the result here is the same per token.
+
+Parameter names mirror the official checkpoint under `language_model.` so no key mapping is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LLMConfig
+from .kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in fp32, cast back, *then* scale: the official order, which matters in bf16.
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+@dataclass
+class Route:
+    """Which flattened [B*T] positions are image tokens, computed once per forward and shared by all layers.
+
+    `vis`/`txt` are index tensors, or None when that modality is absent (then the other expert
+    runs on the whole tensor with no gather at all, the common case for decode and text-only input).
+    """
+
+    vis: torch.Tensor | None
+    txt: torch.Tensor | None
+
+    @classmethod
+    def from_mask(cls, visual_mask: torch.Tensor | None) -> "Route":
+        if visual_mask is None:
+            return cls(None, None)
+        flat = visual_mask.reshape(-1)
+        vis = flat.nonzero().squeeze(1)
+        if vis.numel() == 0:
+            return cls(None, None)
+        if vis.numel() == flat.numel():
+            return cls(vis, None)
+        return cls(vis, (~flat).nonzero().squeeze(1))
+
+    def apply(self, x: torch.Tensor, text_fn: nn.Module, visual_fn: nn.Module | None) -> torch.Tensor:
+        if self.vis is None or visual_fn is None:
+            return text_fn(x)
+        if self.txt is None:
+            return visual_fn(x)
+        b, t, _ = x.shape
+        flat = x.reshape(b * t, -1)
+        y_txt = text_fn(flat.index_select(0, self.txt))
+        y_vis = visual_fn(flat.index_select(0, self.vis))
+        out = y_txt.new_empty(b * t, y_txt.shape[-1])
+        out.index_copy_(0, self.txt, y_txt)
+        out.index_copy_(0, self.vis, y_vis)
+        return out.reshape(b, t, -1)
+
+
+class Rotary(nn.Module):
+    """RoPE, rotate-half layout, with InternLM2's `dynamic` (NTK) and `linear` scaling rules."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.dim = cfg.head_dim
+        self.base = cfg.rope_theta
+        self.max_pos = cfg.max_position_embeddings
+        rs = cfg.rope_scaling or {}
+        self.kind = rs.get("type", rs.get("rope_type"))
+        self.factor = float(rs.get("factor", 1.0))
+
+    def inv_freq(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        base = self.base
+        if self.kind == "dynamic" and seq_len > self.max_pos:
+            # NTK-aware base, recomputed from the current length only; the published code
+            # keeps the enlarged base forever after one long sequence (reference 8.9).
+            base = base * ((self.factor * seq_len / self.max_pos) - (self.factor - 1)) ** (self.dim / (self.dim - 2))
+        exponent = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
+        return 1.0 / (base**exponent)
+
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] -> cos, sin [B, 1, T, head_dim] (fp32 math, cast to the activation dtype)."""
+        t = positions.float()
+        if self.kind == "linear":
+            t = t / self.factor
+        freqs = t[..., None] * self.inv_freq(seq_len, positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool = False):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=bias)
+        self.w3 = nn.Linear(dim, hidden, bias=bias)
+        self.w2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.groups = self.n_heads // self.n_kv
+        qkv_out = (self.n_heads + 2 * self.n_kv) * self.head_dim
+        self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.bias)
+        self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.bias)
+        if cfg.attention_experts:
+            self.wqkv_ve = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.bias)
+            self.wo_ve = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.bias)
+        else:
+            self.wqkv_ve = self.wo_ve = None
+
+    def forward(self, x: torch.Tensor, route: Route, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None, causal: bool, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        qkv = route.apply(x, self.wqkv, self.wqkv_ve)
+        # Packed rows are [n_kv][groups + 2][head_dim]: in kv group j, the first `groups` rows are
+        # query heads j*groups+i, then key head j, then value head j (reference 1.6).
+        qkv = qkv.view(b, t, self.n_kv, self.groups + 2, self.head_dim)
+        q = qkv[:, :, :, : self.groups].reshape(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        k = qkv[:, :, :, self.groups].transpose(1, 2)
+        v = qkv[:, :, :, self.groups + 1].transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv.
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           scale=1.0 / math.sqrt(self.head_dim), enable_gqa=self.groups > 1)
+        o = o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        return route.apply(o, self.wo, self.wo_ve)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.feed_forward_ve = FeedForward(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, route, cos, sin, mask, causal, cache, layer):
+        x = x + self.attention(self.attention_norm(x), route, cos, sin, mask, causal, cache, layer)
+        return x + route.apply(self.ffn_norm(x), self.feed_forward, self.feed_forward_ve)
+
+
+class InternLM2Model(nn.Module):
+    """`language_model.model`: embeddings, layers, final norm."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        pad = cfg.pad_token_id if 0 <= cfg.pad_token_id < cfg.vocab_size else None
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+def attention_mask_for(key_valid: torch.Tensor | None, past: int, t: int) -> tuple[torch.Tensor | None, bool]:
+    """Build the SDPA mask for `t` new queries after `past` cached keys.
+
+    Returns (mask, causal). With no padding the fused causal path is used (no mask tensor);
+    a single decode query needs no mask at all. With padding (`key_valid` [B, past+t]) the
+    mask is causal AND valid; a padded query also sees itself so its softmax row is never empty.
+    """
+    if key_valid is None:
+        return None, past == 0 and t > 1
+    device = key_valid.device
+    q_pos = torch.arange(past, past + t, device=device)
+    k_pos = torch.arange(past + t, device=device)
+    causal = k_pos[None, :] <= q_pos[:, None]
+    mask = causal[None] & key_valid[:, None, :].bool()
+    mask = mask | (k_pos[None, :] == q_pos[:, None])[None]
+    return mask[:, None], False
+
+
+class LanguageModel(nn.Module):
+    """`language_model`: the decoder plus the `output` head."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = InternLM2Model(cfg)
+        self.output = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.output.weight = self.model.tok_embeddings.weight
+        self.rotary = Rotary(cfg)
+
+    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, visual_mask: torch.Tensor | None = None,
+                key_valid: torch.Tensor | None = None, cache: KVCache | None = None,
+                logits_to_keep: int | None = None) -> torch.Tensor:
+        """embeds [B, T, H] -> fp32 logits [B, T or logits_to_keep, V].
+
+        `visual_mask` [B, T] routes tokens to experts in every call, cached or not (reference 9.3).
+        `key_valid` [B, past+T] marks real (non-pad) keys; None means no padding.
+        """
+        b, t, _ = embeds.shape
+        past = cache.length if cache is not None else 0
+        route = Route.from_mask(visual_mask)
+        cos, sin = self.rotary(positions, past + t, embeds.dtype)
+        mask, causal = attention_mask_for(key_valid, past, t)
+        x = embeds
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, route, cos, sin, mask, causal, cache, i)
+        if cache is not None:
+            cache.length += t
+        if logits_to_keep is not None:
+            # Prefill needs the next-token distribution only: skipping the [T, vocab] head
+            # saves 2*T*H*V FLOPs, often the largest single GEMM of the prompt.
+            x = x[:, -logits_to_keep:]
+        return self.output(self.model.norm(x)).float()
