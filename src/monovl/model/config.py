@@ -168,3 +168,27 @@ class MonoConfig:
 
     def save_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+
+def preset(name: str, **llm_overrides: Any) -> MonoConfig:
+    """Named model shapes. `2b` is the released Mono-InternVL-2B; `cpu-420m` is the CPU benchmark
+    size; `tiny` is for tests (56 px tiles, 4 image tokens per tile, runs in milliseconds)."""
+    presets = {
+        "2b": (VisionConfig(hidden_size=1024), LLMConfig()),
+        "cpu-420m": (VisionConfig(hidden_size=1024),
+                     LLMConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=8,
+                               num_attention_heads=8, num_key_value_heads=4)),
+        "tiny": (VisionConfig(hidden_size=32, image_size=56),
+                 LLMConfig(vocab_size=512, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2,
+                           rope_scaling={"type": "dynamic", "factor": 2.0})),
+    }
+    if name not in presets:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(presets)}")
+    vision, llm = presets[name]
+    for k, v in llm_overrides.items():
+        if not hasattr(llm, k):
+            raise ValueError(f"LLMConfig has no field {k!r}")
+        setattr(llm, k, v)
+    llm.__post_init__()
+    return MonoConfig(vision=vision, llm=llm)

@@ -184,19 +184,22 @@ class InternLM2Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-def attention_mask_for(key_valid: torch.Tensor | None, past: int, t: int) -> tuple[torch.Tensor | None, bool]:
+def attention_mask_for(key_valid: torch.Tensor | None, past: int, t: int,
+                       device: torch.device) -> tuple[torch.Tensor | None, bool]:
     """Build the SDPA mask for `t` new queries after `past` cached keys.
 
-    Returns (mask, causal). With no padding the fused causal path is used (no mask tensor);
-    a single decode query needs no mask at all. With padding (`key_valid` [B, past+t]) the
+    Returns (mask, causal). With no padding and no cache the fused causal path is used (no mask
+    tensor); a single decode query needs no mask at all. With padding (`key_valid` [B, past+t]) the
     mask is causal AND valid; a padded query also sees itself so its softmax row is never empty.
     """
-    if key_valid is None:
-        return None, past == 0 and t > 1
-    device = key_valid.device
+    if key_valid is None and (t == 1 or past == 0):
+        return None, t > 1
     q_pos = torch.arange(past, past + t, device=device)
     k_pos = torch.arange(past + t, device=device)
+    # SDPA's is_causal aligns the diagonal top-left, which is wrong for a chunk after cached keys.
     causal = k_pos[None, :] <= q_pos[:, None]
+    if key_valid is None:
+        return causal[None, None], False
     mask = causal[None] & key_valid[:, None, :].bool()
     mask = mask | (k_pos[None, :] == q_pos[:, None])[None]
     return mask[:, None], False
@@ -226,7 +229,7 @@ class LanguageModel(nn.Module):
         past = cache.length if cache is not None else 0
         route = Route.from_mask(visual_mask)
         cos, sin = self.rotary(positions, past + t, embeds.dtype)
-        mask, causal = attention_mask_for(key_valid, past, t)
+        mask, causal = attention_mask_for(key_valid, past, t, embeds.device)
         x = embeds
         for i, layer in enumerate(self.model.layers):
             x = layer(x, route, cos, sin, mask, causal, cache, i)

@@ -170,6 +170,8 @@ class MonoInternVL(nn.Module):
                         device: torch.device | str | None = None) -> "MonoInternVL":
         """Load an official Hugging Face layout directory (or one saved by monovl); no remote code runs."""
         path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(f"checkpoint directory {path} does not exist")
         device = torch.device(device if device is not None else "cpu")
         dtype = resolve_dtype(dtype, device)
         config = MonoConfig.from_json(path / "config.json")

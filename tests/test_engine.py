@@ -1,0 +1,110 @@
+"""KV-cached generation: cache vs no cache, batched vs single, sampling, stop tokens, streaming."""
+
+import pytest
+import torch
+
+from monovl.engine import Engine, Prompt, SamplingParams
+from monovl.model.kv_cache import KVCache
+from tiny import image_prompt, random_tiles, tiny_model
+
+
+def new_cache(model, batch=1, max_len=128):
+    c = model.config.llm
+    return KVCache(c.num_hidden_layers, batch, c.num_key_value_heads, c.head_dim, max_len, model.dtype, "cpu")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["v1", "v1.5"])
+def model(request):
+    return tiny_model(seed=3, attention_experts=request.param)
+
+
+@torch.no_grad()
+def test_cached_chunks_equal_full_forward(model):
+    ids = torch.tensor([image_prompt([5, 6, 7], tiles=2, suffix=[8, 9, 10, 11])])
+    tiles = random_tiles(2)
+    full = model(ids, tiles).logits
+    # Text chunk, then a chunk holding the whole image (a cached forward with image tokens must
+    # still route them to the visual experts), then single-token steps.
+    cache = new_cache(model)
+    parts = [model(ids[:, :3], cache=cache).logits, model(ids[:, 3:14], tiles, cache=cache).logits]
+    parts += [model(ids[:, i:i + 1], cache=cache).logits for i in range(14, ids.shape[1])]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_greedy_generate_equals_uncached_argmax_loop(model):
+    ids = torch.tensor([image_prompt([5], tiles=1, suffix=[8, 9])])
+    tiles = random_tiles(1)
+    new = model.generate(ids, tiles, max_new_tokens=10, stop_token_ids=[])
+    seq, expected = ids, []
+    n_prompt = ids.shape[1]
+    for _ in range(10):
+        logits = model(seq, tiles).logits[:, -1]
+        # Generated tokens are text: their rows use the text experts even with no cache.
+        tok = logits.argmax(-1)
+        expected.append(int(tok))
+        seq = torch.cat([seq, tok[:, None]], dim=1)
+    assert new.shape == (1, 10) and new[0].tolist() == expected and seq.shape[1] == n_prompt + 10
+
+
+def test_batched_generation_equals_one_at_a_time(model):
+    engine = Engine(model)
+    prompts = [
+        Prompt(image_prompt([5, 6], tiles=2, suffix=[7, 8, 9, 10, 11]), random_tiles(2, seed=1)),
+        Prompt([1, 20, 21, 22]),  # text only, much shorter
+        Prompt(image_prompt([30], tiles=1, suffix=[31]), random_tiles(1, seed=2)),
+    ]
+    batched = engine.generate_batch(prompts, max_new_tokens=12)
+    single = [engine.generate_batch([p], max_new_tokens=12)[0] for p in prompts]
+    assert batched == single
+    assert all(len(r) == 12 for r in batched)
+
+
+def test_stop_tokens_end_rows_and_pad_the_rest(model):
+    engine = Engine(model)
+    p1 = Prompt(image_prompt([5], tiles=1, suffix=[8]), random_tiles(1))
+    p2 = Prompt([1, 40, 41])
+    free = engine.generate_batch([p1, p2], max_new_tokens=8)
+    stop = free[0][2]
+    stopped = engine.generate_batch([p1, p2], max_new_tokens=8, stop_token_ids=[stop])
+    assert stopped[0] == free[0][: free[0].index(stop) + 1]
+    raw = model.generate(torch.tensor([p2.input_ids]), max_new_tokens=8, stop_token_ids=[free[1][1]])
+    assert raw[0].tolist() == free[1][:2]  # generation ends once every row stopped
+    # A padded batch: the stopped row is filled with pad_token_id while the other runs on.
+    ids = torch.tensor([[2, 2, 1, 40, 41], [1, 50, 51, 52, 53]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    alone = model.generate(ids[1:], max_new_tokens=6, stop_token_ids=[])
+    both = model.generate(ids, attention_mask=mask, max_new_tokens=6, stop_token_ids=[free[1][0]])
+    assert both[0].tolist() == [free[1][0]] + [model.config.llm.pad_token_id] * 5
+    assert both[1].tolist() == alone[0].tolist()
+
+
+def test_streaming_yields_the_generated_tokens(model):
+    engine = Engine(model)
+    ids = torch.tensor([image_prompt([5], tiles=1, suffix=[8])])
+    streamed = [int(t) for t in engine.stream(ids, random_tiles(1), max_new_tokens=6)]
+    assert streamed == model.generate(ids, random_tiles(1), max_new_tokens=6, stop_token_ids=[])[0].tolist()
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(model):
+    ids = torch.tensor([[1, 5, 6, 7]])
+    kw = dict(max_new_tokens=16, stop_token_ids=[], do_sample=True, temperature=1.5)
+    a = model.generate(ids, seed=0, **kw)
+    assert torch.equal(a, model.generate(ids, seed=0, **kw))
+    assert not torch.equal(a, model.generate(ids, seed=1, **kw))
+    greedy = model.generate(ids, max_new_tokens=16, stop_token_ids=[])
+    assert torch.equal(model.generate(ids, seed=5, top_k=1, **kw), greedy)
+    assert torch.equal(model.generate(ids, seed=5, top_p=1e-6, **kw), greedy)
+
+
+def test_repetition_penalty_avoids_seen_tokens(model):
+    ids = torch.tensor([[1, 5, 6, 7]])
+    out = model.generate(ids, max_new_tokens=20, stop_token_ids=[], repetition_penalty=1e4)[0].tolist()
+    assert len(set(out)) == len(out) and not set(out) & {1, 5, 6, 7}
+
+
+def test_sampling_parameter_errors():
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(do_sample=True, temperature=0)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=1.5)
