@@ -46,7 +46,8 @@ class LLMConfig:
     tie_word_embeddings: bool = False
     # v1.5: separate wqkv/wo for image tokens (reference 9.2, our layout).
     attention_experts: bool = False
-    bias: bool = False  # InternLM2 has no biases in attention or FFN
+    bias: bool = False  # InternLM2's `bias`: biases on wqkv and wo (False in released models)
+    qkv_bias: bool = False  # a bias on wqkv only (Qwen2 family)
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = 2

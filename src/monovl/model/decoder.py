@@ -113,11 +113,11 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 class FeedForward(nn.Module):
     """SwiGLU: w2(silu(w1 x) * w3 x); w1 is the gate, w3 the up projection."""
 
-    def __init__(self, dim: int, hidden: int, bias: bool = False):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.w1 = nn.Linear(dim, hidden, bias=bias)
-        self.w3 = nn.Linear(dim, hidden, bias=bias)
-        self.w2 = nn.Linear(hidden, dim, bias=bias)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -131,10 +131,11 @@ class Attention(nn.Module):
         self.head_dim = cfg.head_dim
         self.groups = self.n_heads // self.n_kv
         qkv_out = (self.n_heads + 2 * self.n_kv) * self.head_dim
-        self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.bias)
+        qkv_bias = cfg.bias or cfg.qkv_bias
+        self.wqkv = nn.Linear(cfg.hidden_size, qkv_out, bias=qkv_bias)
         self.wo = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.bias)
         if cfg.attention_experts:
-            self.wqkv_ve = nn.Linear(cfg.hidden_size, qkv_out, bias=cfg.bias)
+            self.wqkv_ve = nn.Linear(cfg.hidden_size, qkv_out, bias=qkv_bias)
             self.wo_ve = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.bias)
         else:
             self.wqkv_ve = self.wo_ve = None
@@ -163,8 +164,8 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: LLMConfig):
         super().__init__()
         self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
-        self.feed_forward_ve = FeedForward(cfg.hidden_size, cfg.intermediate_size, cfg.bias)
+        self.feed_forward = FeedForward(cfg.hidden_size, cfg.intermediate_size)
+        self.feed_forward_ve = FeedForward(cfg.hidden_size, cfg.intermediate_size)
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
