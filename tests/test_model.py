@@ -159,3 +159,15 @@ def test_dynamic_ntk_only_beyond_max_positions():
     expected = 1.0 / ((1e6 * 3 ** (d / (d - 2))) ** (torch.arange(0, d, 2).float() / d))
     torch.testing.assert_close(longer, expected)
     assert torch.equal(rot.inv_freq(16, torch.device("cpu")), base)  # no state kept after a long call
+
+
+def test_naive_routing_baseline_gives_the_same_logits_but_runs_both_experts():
+    model = tiny_model(seed=5, attention_experts=True)
+    ids = torch.tensor([image_prompt([5], tiles=2, suffix=[7, 8])])
+    with torch.no_grad():
+        routed = model(ids, random_tiles(2)).logits
+        spy = ExpertSpy(model)
+        model.language_model.naive_routing = True
+        naive = model(ids, random_tiles(2)).logits
+    torch.testing.assert_close(naive, routed, atol=1e-5, rtol=0)
+    assert spy.rows == {"visual": ids.numel(), "text": ids.numel()}

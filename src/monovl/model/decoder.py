@@ -45,15 +45,19 @@ class Route:
 
     vis: torch.Tensor | None
     txt: torch.Tensor | None
+    # The published rule, for speed comparisons only: both experts on every token, mixed by the mask.
+    naive_mask: torch.Tensor | None = None
 
     @classmethod
-    def from_mask(cls, visual_mask: torch.Tensor | None) -> "Route":
+    def from_mask(cls, visual_mask: torch.Tensor | None, naive: bool = False) -> "Route":
         if visual_mask is None:
             return cls(None, None)
         flat = visual_mask.reshape(-1)
         vis = flat.nonzero().squeeze(1)
         if vis.numel() == 0:
             return cls(None, None)
+        if naive:
+            return cls(vis, None, visual_mask[..., None])
         if vis.numel() == flat.numel():
             return cls(vis, None)
         return cls(vis, (~flat).nonzero().squeeze(1))
@@ -61,6 +65,9 @@ class Route:
     def apply(self, x: torch.Tensor, text_fn: nn.Module, visual_fn: nn.Module | None) -> torch.Tensor:
         if self.vis is None or visual_fn is None:
             return text_fn(x)
+        if self.naive_mask is not None:
+            m = self.naive_mask.to(x.dtype)
+            return text_fn(x) * (1 - m) + visual_fn(x) * m
         if self.txt is None:
             return visual_fn(x)
         b, t, _ = x.shape
@@ -217,6 +224,9 @@ class LanguageModel(nn.Module):
         if cfg.tie_word_embeddings:
             self.output.weight = self.model.tok_embeddings.weight
         self.rotary = Rotary(cfg)
+        # Baseline switch for `monovl bench speed`: route like the published code (both experts on
+        # every token, then masked). Never used for real work.
+        self.naive_routing = False
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, visual_mask: torch.Tensor | None = None,
                 key_valid: torch.Tensor | None = None, cache: KVCache | None = None,
@@ -228,7 +238,7 @@ class LanguageModel(nn.Module):
         """
         b, t, _ = embeds.shape
         past = cache.length if cache is not None else 0
-        route = Route.from_mask(visual_mask)
+        route = Route.from_mask(visual_mask, self.naive_routing)
         cos, sin = self.rotary(positions, past + t, embeds.dtype)
         mask, causal = attention_mask_for(key_valid, past, t, embeds.device)
         x = embeds

@@ -1,0 +1,177 @@
+"""Time to first token and decode speed against this machine's own limits.
+
+    .venv/bin/python benchmarks/bench_inference.py [--preset cpu-420m] [--tiles 3] [--text 260] [--new 64]
+
+The model is the `cpu-420m` preset (hidden 1024, 8 layers, 8 heads, 4 KV heads, FFN 4096, vision
+hidden 1024, vocab 92553) with random weights: speed does not depend on the values.
+
+Targets (issue 2):
+- time to first token >= 60% of the measured fp32 GEMM throughput for the FLOPs that must be done
+  (patch embedding, mlp1, one expert per token, causal attention, the head for the last position);
+- decode >= 80% of the memory-bandwidth bound, the time to read the decode weights once per token.
+
+A "published-style" row emulates the official code's costs inside monovl for comparison: both FFN
+experts on every token mixed by the mask, and logits for every prompt position. It is an emulation,
+not the official code (which cannot run here without transformers 4.37 and remote code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+
+import torch
+
+from monovl import MonoInternVL
+from monovl.engine import Engine
+from monovl.model import decoder
+from monovl.model.config import preset
+
+
+def measure_gemm_gflops(n: int = 2048, k: int = 2048, m: int = 4096, reps: int = 10) -> float:
+    a, b = torch.randn(n, k), torch.randn(k, m)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n * k * m * reps / (time.perf_counter() - t) / 1e9
+
+
+def measure_read_gbps(mbytes: int = 1024, reps: int = 10) -> float:
+    """Streaming read bandwidth: the best of a plain reduction and a matrix-vector product over a
+    1 GiB matrix (the decode access pattern), so the bound is never set by a slow kernel of ours."""
+    rows = mbytes * 1024 * 1024 // 4 // 4096
+    w, x = torch.randn(rows, 4096), torch.randn(4096)
+    best = 0.0
+    for op in (lambda: w.sum(), lambda: w @ x):
+        for _ in range(2):
+            op()
+        t = time.perf_counter()
+        for _ in range(reps):
+            op()
+        best = max(best, w.numel() * 4 * reps / (time.perf_counter() - t) / 1e9)
+    return best
+
+
+def prefill_flops(model: MonoInternVL, n_text: int, n_img: int, tiles: int) -> float:
+    """FLOPs that must be done before the first token (multiply-add = 2 FLOPs)."""
+    c, v = model.config.llm, model.config.vision
+    t = n_text + n_img
+    h, kvd = c.hidden_size, c.num_key_value_heads * c.head_dim
+    per_token_linear = 2 * (h * (h + 2 * kvd) + h * h + 3 * h * c.intermediate_size)
+    attn = 2 * 2 * c.num_attention_heads * c.head_dim * (t * (t + 1) / 2)  # QK^T and AV, causal half
+    llm = c.num_hidden_layers * (t * per_token_linear + attn)
+    patches = tiles * v.grid**2
+    conv = 2 * patches * v.hidden_size * 3 * v.patch_size**2
+    ps = 4 * v.hidden_size
+    mlp1 = 2 * n_img * (ps * h + h * h)
+    head = 2 * h * c.vocab_size  # last position only
+    return llm + conv + mlp1 + head
+
+
+def decode_bytes(model: MonoInternVL) -> int:
+    """Weights read per decode token: attention, text FFN and norms of every layer, final norm, head."""
+    total = 0
+    for name, p in model.language_model.named_parameters():
+        if "feed_forward_ve" in name or "_ve." in name or "tok_embeddings" in name:
+            continue
+        total += p.numel() * p.element_size()
+    return total + model.config.llm.hidden_size * model.dtype.itemsize  # one embedding row
+
+
+@contextlib.contextmanager
+def published_style(model: MonoInternVL):
+    """Both FFN experts on every token, mixed by the mask; logits for every prompt position."""
+    original_forward = decoder.LanguageModel.forward
+
+    def full_logits(self, embeds, positions, visual_mask=None, key_valid=None, cache=None, logits_to_keep=None):
+        return original_forward(self, embeds, positions, visual_mask, key_valid, cache, None)
+
+    model.language_model.naive_routing = True
+    decoder.LanguageModel.forward = full_logits
+    try:
+        yield
+    finally:
+        model.language_model.naive_routing = False
+        decoder.LanguageModel.forward = original_forward
+
+
+def run(model, ids, tiles, n_new, reps):
+    engine = Engine(model)
+    ttfts = []
+    for i in range(reps + 1):
+        t0 = time.perf_counter()
+        next(iter(engine.stream(ids, tiles, max_new_tokens=1)))
+        if i:  # first run is warm-up
+            ttfts.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    stamps = []
+    for _ in engine.stream(ids, tiles, max_new_tokens=n_new + 1):
+        stamps.append(time.perf_counter())
+    per_token = (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+    return statistics.median(ttfts), per_token
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-420m")
+    ap.add_argument("--tiles", type=int, default=3)
+    ap.add_argument("--text", type=int, default=260, help="text tokens around the image")
+    ap.add_argument("--new", type=int, default=64, help="decode tokens timed")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    torch.manual_seed(0)
+    model = MonoInternVL(preset(args.preset)).init_weights().eval()
+    model.image_token_id = model.config.llm.vocab_size - 7  # the <IMG_CONTEXT> slot of the 92553 vocab
+    n_img = model.num_image_token * args.tiles
+    half = args.text // 2
+    g = torch.Generator().manual_seed(0)
+    text = torch.randint(3, 90000, (args.text,), generator=g)
+    ids = torch.cat([text[:half], torch.full((n_img,), model.image_token_id), text[half:]])[None]
+    size = model.config.vision.image_size
+    tiles = torch.randn(args.tiles, 3, size, size, generator=g)
+
+    gemm = measure_gemm_gflops()
+    bw = measure_read_gbps()
+    flops = prefill_flops(model, args.text, n_img, args.tiles)
+    bytes_per_token = decode_bytes(model)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"model {args.preset}: {params / 1e6:.1f}M params; prompt {ids.shape[1]} tokens "
+          f"({n_img} image + {args.text} text); threads {torch.get_num_threads()}")
+    print(f"machine: fp32 GEMM {gemm:.1f} GFLOP/s, read bandwidth {bw:.1f} GB/s")
+
+    rows = {}
+    with torch.inference_mode():
+        rows["monovl"] = run(model, ids, tiles, args.new, args.reps)
+        if not args.skip_baseline:
+            with published_style(model):
+                rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps)
+
+    ttft_ideal = flops / (gemm * 1e9)
+    decode_ideal = bytes_per_token / (bw * 1e9)
+    print(f"\nprefill work {flops / 1e9:.1f} GFLOP -> ideal TTFT {ttft_ideal * 1e3:.0f} ms; "
+          f"decode reads {bytes_per_token / 1e6:.0f} MB/token -> ideal {decode_ideal * 1e3:.1f} ms/token\n")
+    print("| implementation | TTFT (ms) | % of GEMM peak | decode (ms/token) | tokens/s | % of bandwidth bound |")
+    print("|---|---|---|---|---|---|")
+    results = {"preset": args.preset, "params": params, "prompt_tokens": ids.shape[1], "image_tokens": n_img,
+               "gemm_gflops": gemm, "read_gbps": bw, "prefill_gflop": flops / 1e9,
+               "decode_mb_per_token": bytes_per_token / 1e6, "rows": {}}
+    for name, (ttft, per_tok) in rows.items():
+        eff_t, eff_d = ttft_ideal / ttft, decode_ideal / per_tok
+        print(f"| {name} | {ttft * 1e3:.0f} | {eff_t:.0%} | {per_tok * 1e3:.1f} | {1 / per_tok:.1f} | {eff_d:.0%} |")
+        results["rows"][name] = {"ttft_s": ttft, "decode_s_per_token": per_tok,
+                                 "ttft_efficiency": eff_t, "decode_efficiency": eff_d}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
