@@ -1,0 +1,53 @@
+"""Shared pytest fixtures.
+
+Session-scoped fixtures build small artefacts once (nothing is downloaded).
+Treat the objects they return as read-only; a test that needs to mutate one
+(e.g. ``Tokenizer.add_tokens``) should load its own copy from the directory.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA_DIR = Path(__file__).parent / "data"
+OFFICIAL_TINY_DIR = DATA_DIR / "official-v1-tiny"
+
+
+# --------------------------------------------------------------------- data
+@pytest.fixture(scope="session")
+def official_tiny_dir() -> Path:
+    """The shipped tiny checkpoint in the official HF layout (no tokenizer)."""
+    return OFFICIAL_TINY_DIR
+
+
+# --------------------------------------------------------------- tokenizer
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A freshly trained tiny InternLM2-style tokenizer (498 sp pieces + 9 image tokens)."""
+    from monovl.processing import train_tiny_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_tokenizer")
+    train_tiny_tokenizer(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir: Path):
+    """The tiny tokenizer loaded from disk. Do not mutate it."""
+    from monovl.processing import Tokenizer
+
+    return Tokenizer.from_pretrained(tiny_tokenizer_dir)
+
+
+# --------------------------------------------------------------- processor
+@pytest.fixture(scope="session")
+def tiny_processor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """official-v1-tiny's config.json next to the tiny tokenizer files (no weights)."""
+    out = tmp_path_factory.mktemp("tiny_processor")
+    shutil.copy(OFFICIAL_TINY_DIR / "config.json", out / "config.json")
+    for item in tiny_tokenizer_dir.iterdir():
+        shutil.copy(item, out / item.name)
+    return out

@@ -1,0 +1,75 @@
+"""`monovl chat` and `monovl demo` end to end on a tiny model with a locally trained tokenizer."""
+
+import io
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from monovl import MonoInternVL
+from monovl.cli.chat import ChatSession
+from monovl.cli.main import main
+from monovl.processing import MonoProcessor
+from tiny import tiny_model
+
+
+@pytest.fixture(scope="module")
+def chat_dir(tmp_path_factory, tiny_tokenizer_dir):
+    d = tmp_path_factory.mktemp("chat_model")
+    tiny_model(seed=4).save_pretrained(d)
+    for item in tiny_tokenizer_dir.iterdir():
+        shutil.copy(item, d / item.name)
+    Image.new("RGB", (120, 60), (200, 30, 30)).save(d / "red.png")
+    return d
+
+
+def test_one_shot_answer_streams_the_greedy_tokens(chat_dir, capsys):
+    rc = main(["chat", "--model", str(chat_dir), "--image", str(chat_dir / "red.png"), "What colour?",
+               "--max-new-tokens", "6"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    model = MonoInternVL.from_pretrained(chat_dir)
+    processor = MonoProcessor.from_pretrained(chat_dir)
+    inputs = processor("What colour?", images=[str(chat_dir / "red.png")])
+    new = model.generate(inputs["input_ids"], inputs["pixel_values"], max_new_tokens=6,
+                         stop_token_ids=processor.stop_token_ids)[0].tolist()
+    new = [t for t in new if t not in processor.stop_token_ids]
+    assert printed == processor.decode(new) + "\n"
+    assert model.image_token_id == processor.image_token_id
+
+
+def test_interactive_session_keeps_history(chat_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nagain\n/quit\nnever read\n"))
+    assert main(["chat", "--model", str(chat_dir), "--max-new-tokens", "3"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2  # two answers; /reset and /quit print nothing
+
+    session = ChatSession(MonoInternVL.from_pretrained(chat_dir), MonoProcessor.from_pretrained(chat_dir),
+                          images=[str(chat_dir / "red.png")], max_new_tokens=3)
+    first = session.ask("one")
+    second = session.ask("two")
+    assert session.history == [("one", first), ("two", second)]
+    # The second answer is what the model says to the prompt that replays the first turn.
+    inputs = session.processor("two", images=[str(chat_dir / "red.png")], history=[("one", first)])
+    assert "one" in inputs["prompt"] and inputs["prompt"].count("<img>") == 1
+    stops = session.processor.stop_token_ids
+    new = session.model.generate(inputs["input_ids"], inputs["pixel_values"], max_new_tokens=3,
+                                 stop_token_ids=stops)[0].tolist()
+    assert second == session.processor.extract_response(
+        session.processor.decode([t for t in new if t not in stops]))
+
+
+def test_bad_image_is_a_clear_error(chat_dir, tmp_path, capsys):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    rc = main(["chat", "--model", str(chat_dir), "--image", str(bad), "hi"])
+    assert rc == 2
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "weights identical = True" in out
+    assert (tmp_path / "demo" / "model" / "model.safetensors").exists()
+    assert MonoInternVL.from_pretrained(tmp_path / "demo" / "model").image_token_id is not None
