@@ -88,8 +88,8 @@ def published_style(model: MonoInternVL):
     """Both FFN experts on every token, mixed by the mask; logits for every prompt position."""
     original_forward = decoder.LanguageModel.forward
 
-    def full_logits(self, embeds, positions, visual_mask=None, key_valid=None, cache=None, logits_to_keep=None):
-        return original_forward(self, embeds, positions, visual_mask, key_valid, cache, None)
+    def full_logits(self, embeds, positions, visual_mask=None, segments=None, cache=None, logits_to_keep=None):
+        return original_forward(self, embeds, positions, visual_mask, segments, cache, None)
 
     model.language_model.naive_routing = True
     decoder.LanguageModel.forward = full_logits

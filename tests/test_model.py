@@ -171,3 +171,37 @@ def test_naive_routing_baseline_gives_the_same_logits_but_runs_both_experts():
         naive = model(ids, random_tiles(2)).logits
     torch.testing.assert_close(naive, routed, atol=1e-5, rtol=0)
     assert spy.rows == {"visual": ids.numel(), "text": ids.numel()}
+
+
+def test_packed_samples_equal_separate_samples():
+    # Two samples in one row: attention stays inside each, positions restart, images in order.
+    model = tiny_model(seed=6, attention_experts=True)
+    a = image_prompt([5, 6], tiles=1, suffix=[7])
+    b = image_prompt([9], tiles=2, suffix=[10, 11, 12])
+    tiles_a, tiles_b = random_tiles(1, seed=1), random_tiles(2, seed=2)
+    pad = 3
+    ids = torch.tensor([a + b + [2] * pad])
+    seg = torch.tensor([[1] * len(a) + [2] * len(b) + [0] * pad])
+    pos = torch.tensor([list(range(len(a))) + list(range(len(b))) + [0] * pad])
+    with torch.no_grad():
+        packed = model(ids, torch.cat([tiles_a, tiles_b]), position_ids=pos, segment_ids=seg).logits
+        alone_a = model(torch.tensor([a]), tiles_a).logits
+        alone_b = model(torch.tensor([b]), tiles_b).logits
+    torch.testing.assert_close(packed[:, : len(a)], alone_a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed[:, len(a): len(a) + len(b)], alone_b, atol=1e-5, rtol=0)
+    assert torch.isfinite(packed).all()
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny_model(seed=7)
+    ids = torch.tensor([image_prompt([5], tiles=1, suffix=[7, 8])])
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.language_model.activation_checkpointing = ckpt
+        model(ids, random_tiles(1)).logits.sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    model.language_model.activation_checkpointing = False
+    assert len(grads[0]) == len(grads[1]) > 0
+    for g0, g1 in zip(*grads):
+        torch.testing.assert_close(g0, g1, atol=1e-6, rtol=1e-5)

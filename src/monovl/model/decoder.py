@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import LLMConfig
 from .kv_cache import KVCache
@@ -192,23 +193,27 @@ class InternLM2Model(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
-def attention_mask_for(key_valid: torch.Tensor | None, past: int, t: int,
+def attention_mask_for(segments: torch.Tensor | None, past: int, t: int,
                        device: torch.device) -> tuple[torch.Tensor | None, bool]:
     """Build the SDPA mask for `t` new queries after `past` cached keys.
 
-    Returns (mask, causal). With no padding and no cache the fused causal path is used (no mask
-    tensor); a single decode query needs no mask at all. With padding (`key_valid` [B, past+t]) the
-    mask is causal AND valid; a padded query also sees itself so its softmax row is never empty.
+    `segments` [B, past+t] labels every key: 0 is padding, equal positive values are one sample
+    (a padded batch has 0/1; a packed row 1..k). A query sees earlier keys of its own sample only.
+    Returns (mask, causal). With no segments and no cache the fused causal path is used (no mask
+    tensor); a single decode query needs no mask at all. A padded query also sees itself so its
+    softmax row is never empty.
     """
-    if key_valid is None and (t == 1 or past == 0):
+    if segments is None and (t == 1 or past == 0):
         return None, t > 1
     q_pos = torch.arange(past, past + t, device=device)
     k_pos = torch.arange(past + t, device=device)
     # SDPA's is_causal aligns the diagonal top-left, which is wrong for a chunk after cached keys.
     causal = k_pos[None, :] <= q_pos[:, None]
-    if key_valid is None:
+    if segments is None:
         return causal[None, None], False
-    mask = causal[None] & key_valid[:, None, :].bool()
+    seg_k = segments[:, None, :]
+    seg_q = segments[:, past:, None]
+    mask = causal[None] & (seg_k == seg_q) & (seg_k > 0)
     mask = mask | (k_pos[None, :] == q_pos[:, None])[None]
     return mask[:, None], False
 
@@ -227,23 +232,30 @@ class LanguageModel(nn.Module):
         # Baseline switch for `monovl bench speed`: route like the published code (both experts on
         # every token, then masked). Never used for real work.
         self.naive_routing = False
+        self.activation_checkpointing = False
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, visual_mask: torch.Tensor | None = None,
-                key_valid: torch.Tensor | None = None, cache: KVCache | None = None,
+                segments: torch.Tensor | None = None, cache: KVCache | None = None,
                 logits_to_keep: int | None = None) -> torch.Tensor:
         """embeds [B, T, H] -> fp32 logits [B, T or logits_to_keep, V].
 
         `visual_mask` [B, T] routes tokens to experts in every call, cached or not (reference 9.3).
-        `key_valid` [B, past+T] marks real (non-pad) keys; None means no padding.
+        `segments` [B, past+T]: 0 for padding, equal positive ids for one sample (see
+        `attention_mask_for`); None means one unpadded sample per row.
         """
         b, t, _ = embeds.shape
         past = cache.length if cache is not None else 0
         route = Route.from_mask(visual_mask, self.naive_routing)
         cos, sin = self.rotary(positions, past + t, embeds.dtype)
-        mask, causal = attention_mask_for(key_valid, past, t, embeds.device)
+        mask, causal = attention_mask_for(segments, past, t, embeds.device)
         x = embeds
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, route, cos, sin, mask, causal, cache, i)
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # Recompute each layer's activations in backward: memory O(layers * T * H) instead of
+                # keeping every intermediate, for about one extra forward of compute.
+                x = checkpoint(layer, x, route, cos, sin, mask, causal, cache, i, use_reentrant=False)
+            else:
+                x = layer(x, route, cos, sin, mask, causal, cache, i)
         if cache is not None:
             cache.length += t
         if logits_to_keep is not None:

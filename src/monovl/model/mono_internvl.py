@@ -123,19 +123,24 @@ class MonoInternVL(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int | None = None) -> ModelOutput:
+                logits_to_keep: int | None = None, segment_ids: torch.Tensor | None = None) -> ModelOutput:
         """Logits for `input_ids` [B, T].
 
-        `attention_mask` [B, past+T] (1 = real token) supports left-padded batches; positions are
-        then `cumsum(mask) - 1` as in the official code. With a `cache`, the new tokens attend to
-        everything stored before, and image tokens among them still use the visual experts.
+        `attention_mask` [B, past+T] (1 = real token) supports padded batches; positions are then
+        `cumsum(mask) - 1` as in the official code. `segment_ids` [B, T] packs several samples per
+        row (0 = padding, 1..k = sample): attention stays inside each sample, and `position_ids`
+        must then restart per sample. With a `cache`, the new tokens attend to everything stored
+        before, and image tokens among them still use the visual experts.
         """
         embeds, visual_mask = self.embed(input_ids, pixel_values, image_token_id)
         past = cache.length if cache is not None else 0
+        if segment_ids is not None and (position_ids is None or cache is not None):
+            raise ValueError("segment_ids (packed samples) need position_ids and no KV cache")
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask, past, input_ids.shape[1], input_ids.device,
                                                input_ids.shape[0])
-        logits = self.language_model(embeds, position_ids, visual_mask, attention_mask, cache, logits_to_keep)
+        segments = segment_ids if segment_ids is not None else attention_mask
+        logits = self.language_model(embeds, position_ids, visual_mask, segments, cache, logits_to_keep)
         return ModelOutput(logits=logits)
 
     @torch.inference_mode()
