@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import chat, demo
+from . import chat, demo, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", required=True)
     chat.add_parser(sub)
     demo.add_parser(sub)
+    train.add_parser(sub)
     return parser
 
 

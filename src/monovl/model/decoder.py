@@ -236,8 +236,8 @@ class LanguageModel(nn.Module):
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, visual_mask: torch.Tensor | None = None,
                 segments: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int | None = None) -> torch.Tensor:
-        """embeds [B, T, H] -> fp32 logits [B, T or logits_to_keep, V].
+                logits_to_keep: int | torch.Tensor | None = None) -> torch.Tensor:
+        """embeds [B, T, H] -> fp32 logits [B, T or logits_to_keep, V] (or [N, V] for a bool mask).
 
         `visual_mask` [B, T] routes tokens to experts in every call, cached or not (reference 9.3).
         `segments` [B, past+T]: 0 for padding, equal positive ids for one sample (see
@@ -258,7 +258,10 @@ class LanguageModel(nn.Module):
                 x = layer(x, route, cos, sin, mask, causal, cache, i)
         if cache is not None:
             cache.length += t
-        if logits_to_keep is not None:
+        if isinstance(logits_to_keep, torch.Tensor):
+            # Training: logits only where a label is supervised, [N, V] for a bool mask [B, T].
+            x = x[logits_to_keep]
+        elif logits_to_keep is not None:
             # Prefill needs the next-token distribution only: skipping the [T, vocab] head
             # saves 2*T*H*V FLOPs, often the largest single GEMM of the prompt.
             x = x[:, -logits_to_keep:]

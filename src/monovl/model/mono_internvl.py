@@ -123,14 +123,16 @@ class MonoInternVL(nn.Module):
     def forward(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                 image_token_id: int | None = None, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache: KVCache | None = None,
-                logits_to_keep: int | None = None, segment_ids: torch.Tensor | None = None) -> ModelOutput:
+                logits_to_keep: int | torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None) -> ModelOutput:
         """Logits for `input_ids` [B, T].
 
         `attention_mask` [B, past+T] (1 = real token) supports padded batches; positions are then
         `cumsum(mask) - 1` as in the official code. `segment_ids` [B, T] packs several samples per
         row (0 = padding, 1..k = sample): attention stays inside each sample, and `position_ids`
         must then restart per sample. With a `cache`, the new tokens attend to everything stored
-        before, and image tokens among them still use the visual experts.
+        before, and image tokens among them still use the visual experts. `logits_to_keep`: the
+        last k positions (an int) or a bool mask [B, T] (logits come back flattened, [N, vocab]).
         """
         embeds, visual_mask = self.embed(input_ids, pixel_values, image_token_id)
         past = cache.length if cache is not None else 0
@@ -191,14 +193,19 @@ class MonoInternVL(nn.Module):
         model.image_token_id = _image_token_id(path, config)
         return model.eval()
 
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3) -> None:
-        """Write config.json and safetensors weights in the official layout (same keys and shapes)."""
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3,
+                        state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write config.json and safetensors weights in the official layout (same keys and shapes).
+
+        `state_dict` replaces the module's own, e.g. full tensors gathered from a sharded model.
+        """
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        state = {k: v for k, v in self.state_dict().items() if k not in self._tied_keys()}
+        state = state_dict if state_dict is not None else self.state_dict()
+        state = {k: v for k, v in state.items() if k not in self._tied_keys()}
         save_tensors(state, path, max_shard_bytes)
         config = self.config.to_dict()
-        config["torch_dtype"] = str(self.dtype).removeprefix("torch.")
+        config["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
         if self.image_token_id is not None:
             config["img_context_token_id"] = self.image_token_id
         tmp = path / "config.json.tmp"
