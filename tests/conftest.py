@@ -51,3 +51,16 @@ def tiny_processor_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_
     for item in tiny_tokenizer_dir.iterdir():
         shutil.copy(item, out / item.name)
     return out
+
+
+# ------------------------------------------------------------------- model
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir: Path) -> Path:
+    """A tiny random v1 model (56-px tiles, vocab 512) saved with the tiny tokenizer. Read-only."""
+    from tiny import tiny_model
+
+    out = tmp_path_factory.mktemp("tiny_model")
+    tiny_model(seed=11).save_pretrained(out)
+    for item in tiny_tokenizer_dir.iterdir():
+        shutil.copy(item, out / item.name)
+    return out

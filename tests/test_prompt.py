@@ -153,3 +153,56 @@ def test_registry():
     )
     register_template(custom, override=True)
     assert build_prompt("test-only-mpt", "q") == "<sys>S</t><u>q</t><a>"
+
+
+# ----------------------------------------------------------- ChatML templates
+def test_chatml_golden_strings():
+    assert "chatml" in available_templates() and "smollm2" in available_templates()
+    assert build_prompt("chatml", "Hi") == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert build_prompt("chatml", "q2", history=[("q1", "a1")], tiles_per_image=[1], num_image_token=2) == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<img>" + CTX * 2 + "</img>\nq1<|im_end|>\n"
+        "<|im_start|>assistant\na1<|im_end|>\n"
+        "<|im_start|>user\nq2<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    template = get_template("chatml")
+    assert template.stop_strings == ("<|im_end|>", "<|endoftext|>")
+    assert template.stop_tokens == ("<|im_end|>", "<|endoftext|>")
+    assert template.extract_response(" Fine.<|endoftext|>") == "Fine."
+    assert template.render([("q", "a")], system_message="S") == (
+        "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\na<|im_end|>\n"
+    )
+
+
+def test_smollm2_golden_string():
+    assert build_prompt("smollm2", "Hi") == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    smol, chatml = get_template("smollm2"), get_template("chatml")
+    assert (smol.roles, smol.sep, smol.stop_tokens) == (chatml.roles, chatml.sep, chatml.stop_tokens)
+
+
+@pytest.mark.parametrize("name", ["internlm2-chat", "chatml", "smollm2"])
+def test_render_segments_join_to_render(name):
+    template = get_template(name)
+    history = [("<img>x</img>\nq1", "a1"), ("q2", "a2")]
+    for question, gen in [(None, True), ("q3", True), ("q3", False), ("", True)]:
+        segments = template.render_segments(history, question, system_message="S", add_generation_prompt=gen)
+        assert "".join(t for t, _ in segments) == template.render(history, question, "S", gen)
+    segments = template.render_segments(history, system_message="S")
+    assert [t for t, trainable in segments if trainable] == ["a1" + template.sep, "a2" + template.sep]
+    assert segments[0] == ("<|im_start|>system\nS" + template.sep, False)
+    assert segments[1:4] == [
+        (template.roles[0] + "<img>x</img>\nq1" + template.sep, False),
+        (template.roles[1], False),
+        ("a1" + template.sep, True),
+    ]
+    # An empty answer leaves only the bare header (untrained).
+    assert template.render_segments([("q", "")], system_message="S")[-1] == (template.roles[1], False)

@@ -14,12 +14,8 @@ IGNORE = -100
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tiny_tokenizer_dir):
-    d = tmp_path_factory.mktemp("train_model")
-    tiny_model(seed=11).save_pretrained(d)
-    for item in tiny_tokenizer_dir.iterdir():
-        shutil.copy(item, d / item.name)
-    return d
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 class ListData:

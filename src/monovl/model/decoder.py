@@ -50,11 +50,16 @@ class Route:
     naive_mask: torch.Tensor | None = None
 
     @classmethod
-    def from_mask(cls, visual_mask: torch.Tensor | None, naive: bool = False) -> "Route":
+    def from_mask(cls, visual_mask: torch.Tensor | None, naive: bool = False, touch_all: bool = False) -> "Route":
+        """`touch_all` (training) keeps empty index sets instead of skipping an expert, so every
+        expert joins the autograd graph with a zero gradient even when its modality is absent:
+        FSDP2's reduce-scatter then sees the same gradients on every rank."""
         if visual_mask is None:
             return cls(None, None)
         flat = visual_mask.reshape(-1)
         vis = flat.nonzero().squeeze(1)
+        if touch_all:
+            return cls(vis, (~flat).nonzero().squeeze(1))
         if vis.numel() == 0:
             return cls(None, None)
         if naive:
@@ -245,7 +250,10 @@ class LanguageModel(nn.Module):
         """
         b, t, _ = embeds.shape
         past = cache.length if cache is not None else 0
-        route = Route.from_mask(visual_mask, self.naive_routing)
+        training = self.training and torch.is_grad_enabled()
+        if training and visual_mask is None:
+            visual_mask = torch.zeros(b, t, dtype=torch.bool, device=embeds.device)
+        route = Route.from_mask(visual_mask, self.naive_routing, touch_all=training)
         cos, sin = self.rotary(positions, past + t, embeds.dtype)
         mask, causal = attention_mask_for(segments, past, t, embeds.device)
         x = embeds

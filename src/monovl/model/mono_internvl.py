@@ -103,7 +103,14 @@ class MonoInternVL(nn.Module):
                 raise ValueError(
                     f"input_ids contain {n_slots} <IMG_CONTEXT> tokens (id {image_token_id}) but no pixel_values were given"
                 )
-            return embeds, None
+            if not (self.training and torch.is_grad_enabled()):
+                return embeds, None
+            # Training on a text-only batch: run the image path on zero tiles, which costs nothing but
+            # puts the patch embedding and mlp1 in the graph (zero gradients), so every process of a
+            # sharded run reduces the same gradients. The official code feeds a dummy white tile.
+            size = self.config.vision.image_size
+            pixel_values = embeds.new_zeros(0, self.config.vision.num_channels, size, size)
+            image_token_id = -1 if image_token_id is None else image_token_id
         if image_token_id is None:
             raise ValueError("pixel_values given but image_token_id is unknown: pass image_token_id= "
                              "(the <IMG_CONTEXT> token id) or load a checkpoint that has a tokenizer")

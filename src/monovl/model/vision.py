@@ -90,5 +90,5 @@ def image_features(vision_model: VisionModel, mlp1: Projector, pixel_values: tor
     if side * side != n:
         raise ValueError(f"patch count {n} is not a square; images must be square tiles")
     x = pixel_shuffle(x.reshape(t, side, side, c), cfg.downsample_ratio, cfg.ps_version)
-    x = x.reshape(t, -1, x.shape[-1])
-    return mlp1(x).reshape(-1, mlp1[-1].out_features)
+    x = x.flatten(1, 2)  # [T, tokens per tile, 4Dv]; explicit dims so zero tiles (training filler) work
+    return mlp1(x).flatten(0, 1)

@@ -1,13 +1,20 @@
 """Chat templates and image-token splicing (reference sections 1.5 and 4).
 
-The only template Mono-InternVL uses is ``internlm2-chat`` (SeparatorStyle.MPT):
+Mono-InternVL itself uses ``internlm2-chat`` (SeparatorStyle.MPT):
 
     <|im_start|>system\\n{sys}<|im_end|><|im_start|>user\\n{q1}<|im_end|>
     <|im_start|>assistant\\n{a1}<|im_end|><|im_start|>user\\n{q2}<|im_end|><|im_start|>assistant\\n
 
 (one line in reality: there is no newline between turns). BOS is not part of the
 string; the tokenizer adds it. Templates live in a registry so that other LLM
-families can be added next to it without touching callers.
+families can be added next to it without touching callers. Also registered,
+for upcycled LLMs: ``chatml`` (Qwen2) and ``smollm2`` (ChatML with SmolLM2's
+system message), which put a newline after every ``<|im_end|>``:
+
+    <|im_start|>system\n{sys}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n
+
+:meth:`ChatTemplate.render_segments` gives the same text as ``(text, trainable)``
+segments for building training labels.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from typing import Protocol, Sequence
 from .tokenizer import EOS_TOKEN, IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
 
 __all__ = [
+    "CHATML_SYSTEM_MESSAGE",
+    "ENDOFTEXT",
     "IMAGE_PLACEHOLDER",
+    "SMOLLM2_SYSTEM_MESSAGE",
     "INTERNLM2_SYSTEM_MESSAGE",
     "ChatTemplate",
     "SeparatorStyle",
@@ -34,6 +44,11 @@ __all__ = [
 
 # Training-data marker for "an image goes here"; replaced by the token block.
 IMAGE_PLACEHOLDER = "<image>"
+
+# End-of-text token of Qwen2 / SmolLM2 tokenizers (a stop token for ChatML templates).
+ENDOFTEXT = "<|endoftext|>"
+CHATML_SYSTEM_MESSAGE = "You are a helpful assistant."
+SMOLLM2_SYSTEM_MESSAGE = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 INTERNLM2_SYSTEM_MESSAGE = (
     "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, "
@@ -65,6 +80,47 @@ class ChatTemplate:
     # Token names whose ids end generation (resolved against a tokenizer).
     stop_tokens: tuple[str, ...] = ()
 
+    def render_segments(
+        self,
+        history: Sequence[tuple[str, str]] = (),
+        question: str | None = None,
+        system_message: str | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[tuple[str, bool]]:
+        """The prompt as ``(text, trainable)`` segments; their texts joined are :meth:`render`.
+
+        Segments, in order: the system block (system text + ``sep``); each user
+        turn (role + message + ``sep``); each assistant header (the role alone);
+        each assistant answer + ``sep``. Only answer segments are trainable, so
+        the end-of-turn token (``<|im_end|>``; for ``chatml`` ``<|im_end|>\\n``)
+        is learnt together with the answer. An empty message renders as the
+        bare role with no separator (official MPT quirk, which is how the
+        generation header is made); an empty answer therefore yields no
+        trainable segment.
+        """
+        if self.sep_style is not SeparatorStyle.MPT:
+            raise NotImplementedError(f"separator style {self.sep_style} is not implemented")
+        system = self.system_message if system_message is None else system_message
+        messages: list[tuple[int, str | None]] = []  # (role index, message)
+        for user, assistant in history:
+            messages.append((0, user))
+            messages.append((1, assistant))
+        if question is not None:
+            messages.append((0, question))
+            if add_generation_prompt:
+                messages.append((1, None))
+        segments = [(self.system_template.format(system_message=system) + self.sep, False)]
+        for role, message in messages:
+            if role == 1:
+                segments.append((self.roles[1], False))
+                if message:
+                    segments.append((message + self.sep, True))
+            elif message:
+                segments.append((self.roles[0] + message + self.sep, False))
+            else:
+                segments.append((self.roles[0], False))
+        return segments
+
     def render(
         self,
         history: Sequence[tuple[str, str]] = (),
@@ -76,27 +132,11 @@ class ChatTemplate:
 
         ``question=None`` renders only the history (a finished conversation, as
         used for training). ``system_message=None`` means the template default.
+        Same text as :meth:`render_segments`, joined.
         """
-        if self.sep_style is not SeparatorStyle.MPT:
-            raise NotImplementedError(f"separator style {self.sep_style} is not implemented")
-        system = self.system_message if system_message is None else system_message
-        messages: list[tuple[str, str | None]] = []
-        for user, assistant in history:
-            messages.append((self.roles[0], user))
-            messages.append((self.roles[1], assistant))
-        if question is not None:
-            messages.append((self.roles[0], question))
-            if add_generation_prompt:
-                messages.append((self.roles[1], None))
-        out = [self.system_template.format(system_message=system), self.sep]
-        for role, message in messages:
-            # Official MPT quirk kept on purpose: an empty message renders as the
-            # bare role with no separator (that is how the generation header is made).
-            if message:
-                out += [role, message, self.sep]
-            else:
-                out.append(role)
-        return "".join(out)
+        return "".join(
+            text for text, _ in self.render_segments(history, question, system_message, add_generation_prompt)
+        )
 
     def stop_token_ids(self, tokenizer: _HasTokenToId) -> list[int]:
         """Ids of :attr:`stop_tokens`; [2, 92543, 92542] on the real InternLM2 tokenizer."""
@@ -151,6 +191,36 @@ register_template(
         sep_style=SeparatorStyle.MPT,
         stop_strings=(IM_END,),
         stop_tokens=(EOS_TOKEN, IM_START, IM_END),
+    )
+)
+
+# Qwen2-style ChatML (also used by InternVL2.5 with Qwen2 LLMs): a newline
+# follows every <|im_end|>, and generation stops on <|im_end|> or <|endoftext|>.
+register_template(
+    ChatTemplate(
+        name="chatml",
+        system_template=IM_START + "system\n{system_message}",
+        system_message=CHATML_SYSTEM_MESSAGE,
+        roles=(IM_START + "user\n", IM_START + "assistant\n"),
+        sep=IM_END + "\n",
+        sep_style=SeparatorStyle.MPT,
+        stop_strings=(IM_END, ENDOFTEXT),
+        stop_tokens=(IM_END, ENDOFTEXT),
+    )
+)
+
+# SmolLM2-Instruct: ChatML with its own default system message. Its tokenizer
+# also ends turns with <|im_end|> and uses <|endoftext|> as EOS.
+register_template(
+    ChatTemplate(
+        name="smollm2",
+        system_template=IM_START + "system\n{system_message}",
+        system_message=SMOLLM2_SYSTEM_MESSAGE,
+        roles=(IM_START + "user\n", IM_START + "assistant\n"),
+        sep=IM_END + "\n",
+        sep_style=SeparatorStyle.MPT,
+        stop_strings=(IM_END, ENDOFTEXT),
+        stop_tokens=(IM_END, ENDOFTEXT),
     )
 )
 

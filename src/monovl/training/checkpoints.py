@@ -5,8 +5,8 @@
       config.json, model.safetensors       the model, official layout
       tokenizer files                      copied from the starting model
       train_config.yaml                    the resolved run config
-      trainer_state.pt                     step, optimizer (by parameter name), scheduler, data position
-      rng-rank{r}.pt                       each process's RNG states
+      trainer_state.pt                     step, optimizer (by parameter name), scheduler
+      rank{r}.pt                           each process's RNG states and data position
 
 A checkpoint is written into `step-N.tmp/` and renamed when complete, so a run killed mid-save
 leaves the previous checkpoint intact and `--resume` never sees a half-written one.
@@ -62,11 +62,13 @@ def save_checkpoint(out: Path, name: str, model: MonoInternVL, env: DistEnv, cfg
         cfg.save(tmp / "train_config.yaml")
     env.barrier()
     if trainer_state is not None:
-        torch.save(rng_state(), tmp / f"rng-rank{env.rank}.pt")
+        # Each process's own RNG and data position; the rest of the state is the same on every rank.
+        torch.save({"rng": rng_state(), "data": trainer_state["data"]}, tmp / f"rank{env.rank}.pt")
     env.barrier()
     if env.is_main:
         if trainer_state is not None:
-            torch.save({**trainer_state, "optimizer": optim, "world_size": env.world_size}, tmp / STATE)
+            shared = {k: v for k, v in trainer_state.items() if k != "data"}
+            torch.save({**shared, "optimizer": optim, "world_size": env.world_size}, tmp / STATE)
         if final.exists():
             # Replacing a checkpoint (e.g. `final` of an earlier run): move it aside first so there is
             # always one complete copy on disk.
@@ -98,7 +100,10 @@ def prune(out: Path, keep_last: int) -> None:
 
 def load_trainer_state(directory: Path, env: DistEnv) -> dict:
     state = torch.load(directory / STATE, map_location="cpu", weights_only=False)
-    rng = directory / f"rng-rank{env.rank}.pt"
-    if rng.exists() and state.get("world_size") == env.world_size:
-        set_rng_state(torch.load(rng, weights_only=False))
-    return state
+    if state.get("world_size") != env.world_size:
+        # Data positions and RNG streams are per rank: they do not map onto another world size.
+        raise ValueError(f"{directory} was written by {state.get('world_size')} processes; resume it with "
+                         f"the same number (got {env.world_size})")
+    own = torch.load(directory / f"rank{env.rank}.pt", map_location="cpu", weights_only=False)
+    set_rng_state(own["rng"])
+    return {**state, "data": own["data"]}

@@ -134,15 +134,13 @@ class Trainer:
             state = load_trainer_state(self.resume_from, self.env)
             load_optimizer_state(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.data.load_state_dict(state["data"])
+            self.data.load_state_dict(state["data"])  # this rank's position
             self.step = state["step"]
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.env.device.type == "cuda"
                          else nullcontext())
 
-    def _build_data(self):
-        from ..data import build_training_stream
-
-        return build_training_stream(self.cfg, self.processor, rank=self.env.rank, world_size=self.env.world_size)
+    def _build_data(self) -> "TrainingData":
+        return TrainingData(self.cfg, self.processor, self.env)
 
     # ---- loop ---------------------------------------------------------------------------------
 
@@ -205,11 +203,50 @@ class Trainer:
 
     def save(self, name: str) -> Path:
         state = {"step": self.step, "scheduler": self.scheduler.state_dict(), "data": self.data.state_dict()}
+        # `data` is this rank's position; checkpoints store it per rank next to the RNG state.
         path = save_checkpoint(self.out, name, self.model, self.env, self.cfg, self.source_dir, state, self.optimizer)
         if self.env.is_main:
             prune(self.out, self.cfg.keep_last)
             plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
         return path
+
+
+class TrainingData:
+    """The data pipeline for one rank: records -> samples -> (packed) batches, resumable exactly."""
+
+    def __init__(self, cfg: TrainConfig, processor: MonoProcessor, env: DistEnv):
+        from torch.utils.data import DataLoader
+
+        from ..data import DataStream, PackedBatcher, PaddedBatcher, SampleBuilder, open_source
+
+        tok = processor.tokenizer
+        builder = SampleBuilder(tok, processor.template, image_size=processor.image_size,
+                                num_image_token=processor.num_image_token, max_tiles=cfg.max_tiles,
+                                use_thumbnail=processor.use_thumbnail, max_length=cfg.max_length)
+        if cfg.pack:
+            batcher = PackedBatcher(max_tokens=max(cfg.pack_tokens, cfg.max_length), pad_id=tok.pad_token_id,
+                                    rows=cfg.batch_size)
+        else:
+            batcher = PaddedBatcher(cfg.batch_size, pad_id=tok.pad_token_id)
+        self.stream = DataStream(open_source(cfg.data, seed=cfg.seed), builder, batcher,
+                                 rank=env.rank, world_size=env.world_size)
+        self.num_workers = cfg.num_workers
+        self._loader = DataLoader
+
+    def __iter__(self):
+        loader = self._loader(self.stream, batch_size=None, num_workers=self.num_workers)
+        for batch in loader:
+            yield self.stream.observe(batch)
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    @property
+    def stats(self):
+        return self.stream.stats
 
 
 def _real_tokens(batch: dict) -> int:
