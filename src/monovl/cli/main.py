@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import chat, demo, train
+from . import bench, chat, demo, train, upcycle
+from . import eval as eval_cmd  # `eval` would shadow the builtin
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -14,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parser(sub)
     demo.add_parser(sub)
     train.add_parser(sub)
+    upcycle.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    bench.add_parser(sub)
     return parser
 
 

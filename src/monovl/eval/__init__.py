@@ -7,6 +7,14 @@ See ``/work/shared/docs/eval-metrics.md``. Pure Python, no Java:
 * :mod:`monovl.eval.choice` - multiple-choice prompts, answer extraction,
   MMBench CircularEval.
 * :mod:`monovl.eval.caption` - PTB-like tokenisation, CIDEr-D, BLEU-1..4.
+
+Running benchmarks (``language`` and ``speed`` need torch and are not imported here):
+
+* :mod:`monovl.eval.tsv` - VLMEvalKit TSV reading, resumable prediction files.
+* :mod:`monovl.eval.tasks` - task registry: prompts and scorers per benchmark.
+* :mod:`monovl.eval.runner` - batched, resumable benchmark runs and scoring.
+* :mod:`monovl.eval.language` - perplexity and MMLU-style text accuracy.
+* :mod:`monovl.eval.speed` - TTFT/decode benchmark (paper Table 6 shape).
 """
 
 from monovl.eval.caption import bleu, cider_d, coco_caption_scores, ptb_tokenize
@@ -23,6 +31,9 @@ from monovl.eval.choice import (
     mcq_eval,
     options_from_row,
 )
+from monovl.eval.runner import run_benchmark, score_predictions
+from monovl.eval.tasks import TASKS, get_task
+from monovl.eval.tsv import parse_answer_list, read_tsv
 from monovl.eval.metrics import (
     anls_score,
     exact_match,
@@ -64,4 +75,10 @@ __all__ = [
     "relaxed_accuracy",
     "relaxed_correctness",
     "vqa_accuracy",
+    "TASKS",
+    "get_task",
+    "parse_answer_list",
+    "read_tsv",
+    "run_benchmark",
+    "score_predictions",
 ]

@@ -192,8 +192,9 @@ class InternLM2Model(nn.Module):
 
     def __init__(self, cfg: LLMConfig):
         super().__init__()
-        pad = cfg.pad_token_id if 0 <= cfg.pad_token_id < cfg.vocab_size else None
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=pad)
+        # No padding_idx: it only freezes that row's gradient, and upcycled models use a real token as
+        # pad (SmolLM2: <|im_end|>), whose embedding must train in s2. Forward results are unchanged.
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 

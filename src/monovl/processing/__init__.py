@@ -50,6 +50,7 @@ from .tokenizer import (
     IncrementalDecoder,
     Tokenizer,
     default_tiny_corpus,
+    load_tokenizer,
     train_tiny_tokenizer,
 )
 
@@ -70,6 +71,7 @@ __all__ = [
     "IM_START",
     "INTERNLM2_CHAT_TOKENS",
     "INTERNLM2_SYSTEM_MESSAGE",
+    "HFTokenizer",
     "ImageInput",
     "ImageLoadError",
     "IncrementalDecoder",
@@ -93,6 +95,7 @@ __all__ = [
     "get_template",
     "image_block",
     "load_image",
+    "load_tokenizer",
     "normalise_history",
     "preprocess_images",
     "register_template",
@@ -103,3 +106,12 @@ __all__ = [
     "train_tiny_tokenizer",
     "vision_settings_from_config",
 ]
+
+
+def __getattr__(name: str):
+    # HFTokenizer needs the `tokenizers` package; import it only when asked for.
+    if name == "HFTokenizer":
+        from .hf_tokenizer import HFTokenizer
+
+        return HFTokenizer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypedDict
 
 import torch
 from PIL import Image
 
 from .image import ImageInput, preprocess_images
 from .prompt import ChatTemplate, build_prompt, get_template, normalise_history
-from .tokenizer import IMG_CONTEXT, IMG_END, IMG_START, IncrementalDecoder, Tokenizer
+from .tokenizer import IMG_CONTEXT, IMG_END, IMG_START, IncrementalDecoder, Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:
+    from .hf_tokenizer import HFTokenizer
 
 __all__ = ["MonoProcessor", "ProcessorOutput", "vision_settings_from_config"]
 
@@ -26,7 +29,7 @@ _REQUEST_KEYS = frozenset({"question", "images", "history", "system_message", "m
 
 
 class ProcessorOutput(TypedDict):
-    input_ids: torch.Tensor  # LongTensor [1, T], BOS first
+    input_ids: torch.Tensor  # LongTensor [1, T], BOS first when the tokenizer uses one
     pixel_values: torch.Tensor | None  # FloatTensor [sum(tiles), 3, S, S]
     image_token_id: int  # id of <IMG_CONTEXT>: where image features are written
     tiles_per_image: list[int]  # tiles of each image, thumbnail included
@@ -69,7 +72,7 @@ class MonoProcessor:
 
     def __init__(
         self,
-        tokenizer: Tokenizer,
+        tokenizer: "Tokenizer | HFTokenizer",
         template: str | ChatTemplate = "internlm2-chat",
         image_size: int = 448,
         num_image_token: int = 256,
@@ -107,10 +110,13 @@ class MonoProcessor:
     def from_pretrained(
         cls,
         directory: str | os.PathLike,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: "Tokenizer | HFTokenizer | None" = None,
         **overrides: Any,
     ) -> "MonoProcessor":
         """Read ``config.json`` and the tokenizer files of a checkpoint directory.
+
+        The tokenizer backend is chosen by :func:`~monovl.processing.tokenizer.load_tokenizer`
+        (sentencepiece ``tokenizer.model`` or Hugging Face ``tokenizer.json``).
 
         ``overrides`` replace config values (e.g. ``max_num=12`` for README-style
         inference on a checkpoint whose config says 6).
@@ -125,7 +131,7 @@ class MonoProcessor:
             raise ValueError(f"cannot read {str(config_path)!r}: {exc}") from exc
         settings = vision_settings_from_config(config)
         settings.update(overrides)
-        tok = tokenizer if tokenizer is not None else Tokenizer.from_pretrained(root)
+        tok = tokenizer if tokenizer is not None else load_tokenizer(root)
         processor = cls(tok, **settings)
         vocab = (config.get("llm_config") or {}).get("vocab_size")
         if vocab is not None and len(tok) > int(vocab):

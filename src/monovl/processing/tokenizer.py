@@ -25,9 +25,12 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import sentencepiece as spm
+
+if TYPE_CHECKING:
+    from .hf_tokenizer import HFTokenizer
 
 # Public names are re-exported by monovl.processing.
 
@@ -429,11 +432,13 @@ class IncrementalDecoder:
     leading-space marker of the first piece it decodes. Both are solved by
     decoding a small window that starts one already-printed token back, and by
     holding output while the ids end in an unfinished UTF-8 sequence.
+    It works with both backends: sentencepiece byte-fallback pieces (``<0xE4>``)
+    and byte-level BPE tokens (``HFTokenizer.token_bytes``) both report their bytes.
     The concatenation of everything returned by :meth:`add` and :meth:`flush`
     equals ``tokenizer.decode(all_ids)``.
     """
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = False) -> None:
+    def __init__(self, tokenizer: "Tokenizer | HFTokenizer", skip_special_tokens: bool = False) -> None:
         self.tokenizer = tokenizer
         self.skip_special_tokens = skip_special_tokens
         self.reset()
@@ -456,38 +461,31 @@ class IncrementalDecoder:
     def _decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
 
-    def _byte_value(self, idx: int) -> int | None:
+    def _token_bytes(self, idx: int) -> bytes | None:
+        """Bytes of one token when it is a fixed byte string, else None (an ordinary piece or a special)."""
         tok = self.tokenizer
+        token_bytes = getattr(tok, "token_bytes", None)
+        if token_bytes is not None:
+            return token_bytes(idx)
         if idx < tok.vocab_size and tok.sp_model.is_byte(idx):
-            return int(tok.sp_model.id_to_piece(idx)[3:5], 16)  # "<0xE4>" -> 0xE4
+            return bytes([int(tok.sp_model.id_to_piece(idx)[3:5], 16)])  # "<0xE4>" -> 0xE4
         return None
 
     def _ends_mid_character(self) -> bool:
-        """True when the trailing byte pieces are a valid but unfinished UTF-8 character.
+        """True when the bytes of the unprinted tokens end in a valid but unfinished UTF-8 character.
 
         Exact rather than "output ends in U+FFFD": genuinely invalid bytes are
         released at once instead of being held for a completion that never comes.
         """
-        continuation = 0
+        tail = b""
         for idx in reversed(self._ids[self._read_offset :]):
-            value = self._byte_value(idx)
-            if value is None:
-                return False
-            if 0x80 <= value <= 0xBF:
-                continuation += 1
-                if continuation > 3:
-                    return False
-                continue
-            if 0xC2 <= value <= 0xDF:
-                need = 1
-            elif 0xE0 <= value <= 0xEF:
-                need = 2
-            elif 0xF0 <= value <= 0xF4:
-                need = 3
-            else:
-                return False
-            return continuation < need
-        return False
+            piece = self._token_bytes(idx)
+            if piece is None:
+                break
+            tail = piece + tail
+            if len(tail) >= 4:  # a UTF-8 character is at most 4 bytes long
+                break
+        return _unfinished_utf8(tail)
 
     def add(self, token_id: int) -> str:
         """Feed one id; return the newly printable text (possibly empty)."""
@@ -514,6 +512,52 @@ class IncrementalDecoder:
         self._prefix_offset = self._read_offset = len(self._ids)
         self._emitted.append(delta)
         return delta
+
+
+def _unfinished_utf8(data: bytes) -> bool:
+    """True when ``data`` ends with the lead byte and some, but not all, continuation bytes of a character."""
+    continuation = 0
+    for value in reversed(data):
+        if 0x80 <= value <= 0xBF:
+            continuation += 1
+            if continuation > 3:
+                return False
+            continue
+        if 0xC2 <= value <= 0xDF:
+            need = 1
+        elif 0xE0 <= value <= 0xEF:
+            need = 2
+        elif 0xF0 <= value <= 0xF4:
+            need = 3
+        else:
+            return False
+        return continuation < need
+    return False
+
+
+def load_tokenizer(directory: str | os.PathLike) -> "Tokenizer | HFTokenizer":
+    """The tokenizer of a checkpoint directory, by the files present.
+
+    * ``tokenizer.model`` with an InternLM2 ``tokenizer_class`` (or no ``tokenizer.json``): the
+      sentencepiece :class:`Tokenizer`;
+    * ``tokenizer.json``: :class:`~monovl.processing.hf_tokenizer.HFTokenizer` (Llama, Qwen2,
+      SmolLM2, ... and everything ``monovl upcycle`` writes for them).
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise ValueError(f"tokenizer directory {str(root)!r} does not exist")
+    has_sp = (root / "tokenizer.model").is_file()
+    has_json = (root / "tokenizer.json").is_file()
+    if has_sp and has_json:
+        config = _read_json(root / "tokenizer_config.json") if (root / "tokenizer_config.json").is_file() else {}
+        has_json = "internlm" not in str(config.get("tokenizer_class", "")).lower()
+    if has_json:
+        from .hf_tokenizer import HFTokenizer  # lazy: needs the `tokenizers` package
+
+        return HFTokenizer.from_pretrained(root)
+    if has_sp:
+        return Tokenizer.from_pretrained(root)
+    raise ValueError(f"no tokenizer in {str(root)!r}: expected tokenizer.model (sentencepiece) or tokenizer.json")
 
 
 # ---------------------------------------------------------------- tiny tokenizer

