@@ -100,8 +100,8 @@ def published_style(model: MonoInternVL):
         decoder.LanguageModel.forward = original_forward
 
 
-def run(model, ids, tiles, n_new, reps):
-    engine = Engine(model)
+def run(model, ids, tiles, n_new, reps, packed_decode=False):
+    engine = Engine(model, packed_decode=packed_decode)
     ttfts = []
     for i in range(reps + 1):
         t0 = time.perf_counter()
@@ -150,6 +150,7 @@ def main() -> None:
     rows = {}
     with torch.inference_mode():
         rows["monovl"] = run(model, ids, tiles, args.new, args.reps)
+        rows["monovl, packed decode"] = run(model, ids, tiles, args.new, args.reps, packed_decode=True)
         if not args.skip_baseline:
             with published_style(model):
                 rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps)

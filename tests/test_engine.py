@@ -108,3 +108,25 @@ def test_sampling_parameter_errors():
         SamplingParams(do_sample=True, temperature=0)
     with pytest.raises(ValueError, match="top_p"):
         SamplingParams(top_p=1.5)
+
+
+def test_packed_decode_gives_the_same_tokens(model):
+    from monovl.engine import packed_decode
+
+    if not packed_decode.available(model):
+        pytest.skip("PyTorch without oneDNN")
+    ids = torch.tensor([image_prompt([5, 6], tiles=1, suffix=[8])])
+    plain = Engine(model).generate(ids, random_tiles(1), max_new_tokens=10)
+    packed = Engine(model, packed_decode=True)
+    assert torch.equal(packed.generate(ids, random_tiles(1), max_new_tokens=10), plain)
+    # The packed copies follow weight updates, and the plain path is restored after each step.
+    saved = model.language_model.output.weight.detach().clone()
+    with torch.no_grad():
+        model.language_model.output.weight.mul_(1.5)
+    try:
+        assert torch.equal(packed.generate(ids, random_tiles(1), max_new_tokens=10),
+                           Engine(model).generate(ids, random_tiles(1), max_new_tokens=10))
+        assert "forward" not in vars(model.language_model.output)
+    finally:
+        with torch.no_grad():
+            model.language_model.output.weight.copy_(saved)

@@ -51,7 +51,7 @@ class DemoPlan:
     stages: dict[str, StagePlan] = field(default_factory=lambda: {
         "s1.1": StagePlan(steps=20, lr=1e-3),
         "s1.2": StagePlan(steps=20, lr=1e-3),
-        "s1.3": StagePlan(steps=80, lr=3e-4),
+        "s1.3": StagePlan(steps=80, lr=5e-4),
         "s2": StagePlan(steps=20, lr=5e-5),
     })
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations

@@ -8,6 +8,7 @@ masked, so each row gets the same tokens as when run alone.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -69,8 +70,21 @@ class Prompt:
 
 
 class Engine:
-    def __init__(self, model: MonoInternVL):
+    """`packed_decode=True` (CPU, fp32) runs decode steps on oneDNN-packed weight copies: faster,
+    at the cost of a second copy of the text-path weights in memory (see `packed_decode.py`)."""
+
+    def __init__(self, model: MonoInternVL, packed_decode: bool = False):
         self.model = model
+        self.packed = None
+        if packed_decode:
+            from . import packed_decode as pd
+
+            if not pd.available(model):
+                raise ValueError("packed_decode needs a float32 model on CPU and PyTorch built with oneDNN")
+            self.packed = pd.PackedWeights(model)
+
+    def _decode_context(self):
+        return self.packed.active() if self.packed is not None else contextlib.nullcontext()
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:
@@ -130,7 +144,8 @@ class Engine:
             if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
             # Generated tokens are text: no visual mask, so every layer runs the text experts.
-            logits = model.language_model(embed(token[:, None]), positions, None, attention_mask, cache)[:, -1]
+            with self._decode_context():
+                logits = model.language_model(embed(token[:, None]), positions, None, attention_mask, cache)[:, -1]
             positions = positions + 1
 
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,

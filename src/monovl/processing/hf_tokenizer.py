@@ -34,6 +34,8 @@ from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.models import BPE
 
+from .tokenizer import SpecialTokenIds
+
 __all__ = ["HFTokenizer", "gpt2_byte_decoder"]
 
 # GGUF token types (llama.cpp `llama_token_type`).
@@ -96,7 +98,7 @@ def _special(token: str) -> AddedToken:
     return AddedToken(token, special=True, normalized=False, lstrip=False, rstrip=False, single_word=False)
 
 
-class HFTokenizer:
+class HFTokenizer(SpecialTokenIds):
     """A ``tokenizers``-backed tokenizer with the monovl tokenizer interface."""
 
     def __init__(
@@ -378,24 +380,6 @@ class HFTokenizer:
             raise ValueError(f"token id {idx} is out of range for a vocabulary of {len(self)}")
         return token
 
-    def _id_or_none(self, token: str | None) -> int | None:
-        return None if token is None else self.token_to_id(token)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id_or_none(self._bos_token)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id_or_none(self._eos_token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id_or_none(self._pad_token)
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._id_or_none(self._unk_token)
 
     @property
     def all_special_ids(self) -> frozenset[int]:
@@ -404,8 +388,6 @@ class HFTokenizer:
             self._special_ids = frozenset(i for i, t in self._tk.get_added_tokens_decoder().items() if t.special)
         return self._special_ids
 
-    def is_special(self, idx: int) -> bool:
-        return idx in self.all_special_ids
 
     def token_bytes(self, idx: int) -> bytes | None:
         """The exact bytes token ``idx`` decodes to, or None where that is not a fixed byte string

@@ -136,7 +136,34 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-class Tokenizer:
+class SpecialTokenIds:
+    """The special-token id properties both tokenizer backends share; they hold the token *names*
+    (`_bos_token`, ...) and implement `token_to_id` and `all_special_ids`."""
+
+    def _id_or_none(self, token: str | None) -> int | None:
+        return None if token is None else self.token_to_id(token)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._id_or_none(self._bos_token)
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self._id_or_none(self._eos_token)
+
+    @property
+    def pad_token_id(self) -> int | None:
+        return self._id_or_none(self._pad_token)
+
+    @property
+    def unk_token_id(self) -> int | None:
+        return self._id_or_none(self._unk_token)
+
+    def is_special(self, idx: int) -> bool:
+        return idx in self.all_special_ids
+
+
+class Tokenizer(SpecialTokenIds):
     """Sentencepiece model plus atomic special tokens, InternLM2 conventions.
 
     ``vocab_size`` is the sentencepiece size (HF semantics); ``len(tokenizer)``
@@ -321,24 +348,6 @@ class Tokenizer:
             return self._sp.id_to_piece(idx)
         raise ValueError(f"token id {idx} is out of range for a vocabulary of {len(self)}")
 
-    def _id_or_none(self, token: str | None) -> int | None:
-        return None if token is None else self.token_to_id(token)
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self._id_or_none(self._bos_token)
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self._id_or_none(self._eos_token)
-
-    @property
-    def pad_token_id(self) -> int | None:
-        return self._id_or_none(self._pad_token)
-
-    @property
-    def unk_token_id(self) -> int | None:
-        return self._id_or_none(self._unk_token)
 
     @property
     def all_special_ids(self) -> frozenset[int]:
@@ -347,8 +356,6 @@ class Tokenizer:
             self._special_ids = frozenset(self._atomic.values())
         return self._special_ids
 
-    def is_special(self, idx: int) -> bool:
-        return idx in self.all_special_ids
 
     def _chat_special_tokens(self) -> list[str]:
         """Names of the user-defined specials (InternLM2 chat tokens), in id order."""
