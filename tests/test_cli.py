@@ -65,9 +65,10 @@ def test_bad_image_is_a_clear_error(chat_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path, capsys):
-    """`monovl demo --quick`: upcycle SmolLM2 from its GGUF, train s1.1 -> s2, evaluate, report."""
+    """`monovl demo --quick --ablation`: upcycle SmolLM2 from its GGUF, train s1.1 -> s2, evaluate,
+    report; then the full-tuning and single-stage ablations."""
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--ablation", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "monovl chat --model" in printed
     for f in ("results.md", "results.json", "results.png"):
@@ -83,3 +84,8 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         assert (out / "configs" / f"{stage}.yaml").exists()
     model = MonoInternVL.from_pretrained(out / "final")
     assert model.image_token_id is not None
+    ablations = json.loads((out / "results.json").read_text())["ablations"]
+    assert len(ablations) == 2 and "## Ablation" in (out / "results.md").read_text()
+    # Delta tuning of the single-stage run keeps the LLM frozen: its English loss is the base's.
+    single = next(v for k, v in ablations.items() if k.startswith("single stage"))
+    assert single["english_nll"] == results["base"]["english_nll"]

@@ -126,3 +126,18 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(model_dir, tmp_pa
     b = MonoInternVL.from_pretrained(final).state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_s11_with_tied_embeddings_keeps_text_logits_bit_identical(tmp_path, tiny_tokenizer_dir):
+    # Tied embeddings (SmolLM2): the new token rows are output rows too, so they stay frozen in s1.x.
+    d = tmp_path / "tied"
+    tiny_model(seed=12, tie_word_embeddings=True).save_pretrained(d)
+    for item in tiny_tokenizer_dir.iterdir():
+        shutil.copy(item, d / item.name)
+    before = MonoInternVL.from_pretrained(d)
+    cfg = TrainConfig(stage="s1.1", model=str(d), data="-", out=str(tmp_path / "out"), max_steps=3, lr=5e-3)
+    after = MonoInternVL.from_pretrained(Trainer(cfg, data=ListData(make_batches())).train())
+    assert torch.equal(text_logits(before), text_logits(after))
+    emb = "language_model.model.tok_embeddings.weight"
+    assert torch.equal(before.state_dict()[emb], after.state_dict()[emb])
+    assert not torch.equal(before.state_dict()["mlp1.1.weight"], after.state_dict()["mlp1.1.weight"])

@@ -80,11 +80,15 @@ def apply_stage(model: nn.Module, stage: StagePreset) -> list[str]:
     for g in stage.trainable:
         if not any(fnmatch.fnmatchcase(n, g) for n in names):
             raise ValueError(f"trainable pattern {g!r} matches no parameter of this model")
+    # With tied embeddings the new rows are also rows of the output head: training them would change
+    # the logits of text-only inputs, so tied models keep them frozen outside s2.
+    cfg = getattr(model, "config", None)
+    rows = stage.new_token_rows and not (cfg is not None and cfg.llm.tie_word_embeddings)
     trainable = []
     for n, p in model.named_parameters():
         # The CLS embedding never reaches the output (reference 1.2): it would get no gradient and
         # no optimizer state, so it is never trainable.
-        p.requires_grad_(n != DEAD_CLS and (stage.matches(n) or (stage.new_token_rows and n == EMBEDDINGS)))
+        p.requires_grad_(n != DEAD_CLS and (stage.matches(n) or (rows and n == EMBEDDINGS)))
         if p.requires_grad:
             trainable.append(n)
     return trainable
