@@ -111,8 +111,8 @@ def test_files_and_schema(quick):
             assert conv[0]["value"].startswith("<image>\n")
             assert sum(t["value"].count("<image>") for t in conv) == 1
             assert all(t["value"].strip() for t in conv)
-            img_path = paths[stage].parent / r["image"]
             assert not Path(r["image"]).is_absolute()
+            assert (paths[stage].parent / r["image"]).is_file()
             parse_record(r, root=paths[stage].parent)
             if stage in ("s1.3", "eval") and r["task"] != "caption":
                 assert len(conv) == 2 and conv[0]["value"].endswith("\n" + ANSWER_SUFFIX)

@@ -34,7 +34,7 @@ from tokenizers import AddedToken, Regex, decoders, pre_tokenizers
 from tokenizers import Tokenizer as _RustTokenizer
 from tokenizers.models import BPE
 
-from .tokenizer import SpecialTokenIds
+from .tokenizer import SpecialTokenIds, _read_json, _token_name
 
 __all__ = ["HFTokenizer", "gpt2_byte_decoder"]
 
@@ -69,25 +69,6 @@ def gpt2_byte_decoder() -> dict[str, int]:
             mapping[chr(256 + shifted)] = b
             shifted += 1
     return mapping
-
-
-def _token_name(value: object) -> str | None:
-    """HF configs store a special token either as a string or as an AddedToken dict."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"]
-    raise ValueError(f"cannot read a token name from {value!r}")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"cannot read tokenizer file {str(path)!r}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(path)!r} must hold a JSON object")
-    return data
 
 
 def _write_json(path: Path, data: dict) -> None:
