@@ -16,6 +16,7 @@ re-run alone with `monovl train --config OUT/configs/s1.3.yaml`.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -116,7 +117,10 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
         cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
-        model_dir = Trainer(cfg).train()
+        previous, model_dir = model_dir, Trainer(cfg).train()
+        if name != "main" and previous != base:
+            # Ablation runs keep only their last checkpoint: each one is a full fp32 model (~0.9 GB).
+            shutil.rmtree(previous)
         model = MonoInternVL.from_pretrained(model_dir)
         results[stage] = evaluate_stage(model, MonoProcessor.from_pretrained(model_dir),
                                         plan.eval_items_for(stage, items, last=i == len(stages) - 1),
@@ -197,7 +201,5 @@ def _link_final(src: Path, dst: Path) -> None:
     if dst.is_symlink() or dst.is_file():
         dst.unlink()
     elif dst.exists():
-        import shutil
-
         shutil.rmtree(dst)
     dst.symlink_to(src.resolve(), target_is_directory=True)
