@@ -22,10 +22,8 @@ from ..eval.caption import cider_d
 from ..eval.language import perplexity
 from ..eval.metrics import normalize_vqa_answer
 from ..model.mono_internvl import MonoInternVL
-from ..processing import MonoProcessor
+from ..processing import IMAGE_PLACEHOLDER, MonoProcessor
 from .world import heldout_english_text, language_prompts
-
-IMAGE_PLACEHOLDER = "<image>"
 
 
 @dataclass

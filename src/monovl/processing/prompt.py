@@ -19,7 +19,7 @@ segments for building training labels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol, Sequence
 
@@ -211,18 +211,7 @@ register_template(
 
 # SmolLM2-Instruct: ChatML with its own default system message. Its tokenizer
 # also ends turns with <|im_end|> and uses <|endoftext|> as EOS.
-register_template(
-    ChatTemplate(
-        name="smollm2",
-        system_template=IM_START + "system\n{system_message}",
-        system_message=SMOLLM2_SYSTEM_MESSAGE,
-        roles=(IM_START + "user\n", IM_START + "assistant\n"),
-        sep=IM_END + "\n",
-        sep_style=SeparatorStyle.MPT,
-        stop_strings=(IM_END, ENDOFTEXT),
-        stop_tokens=(IM_END, ENDOFTEXT),
-    )
-)
+register_template(replace(get_template("chatml"), name="smollm2", system_message=SMOLLM2_SYSTEM_MESSAGE))
 
 
 def image_block(num_tiles: int, num_image_token: int = 256) -> str:

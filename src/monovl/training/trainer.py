@@ -73,7 +73,9 @@ def _mask_embedding_grads(model: torch.nn.Module, mask: torch.Tensor) -> None:
         from torch.distributed.tensor import distribute_tensor
 
         full = distribute_tensor(full.contiguous(), p.grad.device_mesh, p.grad.placements)
-    p.grad.mul_(full.to(p.grad.device) if not hasattr(full, "placements") else full)
+    else:
+        full = full.to(p.grad.device)
+    p.grad.mul_(full)
 
 
 def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,8 +217,6 @@ class TrainingData:
     """The data pipeline for one rank: records -> samples -> (packed) batches, resumable exactly."""
 
     def __init__(self, cfg: TrainConfig, processor: MonoProcessor, env: DistEnv):
-        from torch.utils.data import DataLoader
-
         from ..data import DataStream, PackedBatcher, PaddedBatcher, SampleBuilder, open_source
 
         tok = processor.tokenizer
@@ -231,10 +231,11 @@ class TrainingData:
         self.stream = DataStream(open_source(cfg.data, seed=cfg.seed), builder, batcher,
                                  rank=env.rank, world_size=env.world_size)
         self.num_workers = cfg.num_workers
-        self._loader = DataLoader
 
     def __iter__(self):
-        loader = self._loader(self.stream, batch_size=None, num_workers=self.num_workers)
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.stream, batch_size=None, num_workers=self.num_workers)
         for batch in loader:
             yield self.stream.observe(batch)
 
