@@ -477,8 +477,9 @@ def test_text_only_sample_with_default_and_empty_system(tiny_tokenizer):
     assert "书生" in tiny_tokenizer.decode(default["input_ids"].tolist())
 
 
-@pytest.mark.parametrize("style", ["qwen2", "gpt2"])
-def test_chatml_labels_with_a_byte_level_bpe_tokenizer(tmp_path, style):
+@pytest.mark.parametrize("style,bos,add_bos", [("qwen2", None, None), ("gpt2", None, None),
+                                               ("gpt2", "<|im_start|>", False), ("gpt2", "<s>", True)])
+def test_chatml_labels_with_a_byte_level_bpe_tokenizer(tmp_path, style, bos, add_bos):
     pytest.importorskip("tokenizers")
     try:
         from test_hf_tokenizer import make_bpe_tokenizer
@@ -487,7 +488,9 @@ def test_chatml_labels_with_a_byte_level_bpe_tokenizer(tmp_path, style):
         pytest.skip("the byte-level BPE tokenizer helpers are not available")
     from monovl.processing import IMAGE_SPECIAL_TOKENS
 
-    tokenizer = HFTokenizer.from_pretrained(make_bpe_tokenizer(tmp_path / "tok", style=style))
+    # bos "<|im_start|>" not prepended is SmolLM2's GGUF: training must not add a BOS that inference lacks
+    tokenizer = HFTokenizer.from_pretrained(make_bpe_tokenizer(tmp_path / "tok", style=style, bos=bos,
+                                                               add_bos_token=add_bos))
     tokenizer.add_tokens(IMAGE_SPECIAL_TOKENS)
     for record in tricky_records(tmp_path, n=15):
         sample = build_sample(record, tokenizer, "chatml", max_length=10_000, **SETTINGS)

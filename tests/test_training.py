@@ -141,3 +141,22 @@ def test_s11_with_tied_embeddings_keeps_text_logits_bit_identical(tmp_path, tiny
     emb = "language_model.model.tok_embeddings.weight"
     assert torch.equal(before.state_dict()[emb], after.state_dict()[emb])
     assert not torch.equal(before.state_dict()["mlp1.1.weight"], after.state_dict()["mlp1.1.weight"])
+
+
+def test_lr_scale_gives_matching_parameters_their_own_lr(model_dir):
+    from monovl.training.trainer import build_optimizer
+
+    model = tiny_model()
+    apply_stage(model, get_stage("s1.3", "v1"))
+    cfg = TrainConfig(lr=1e-4, lr_scale={"mlp1.*": 10, "vision_model.*": 3})
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            want = 1e-3 if n.startswith("mlp1.") else 3e-4 if n.startswith("vision_model.") else 1e-4
+            assert lr_of[id(p)] == pytest.approx(want), n
+    assert sum(len(g["params"]) for g in opt.param_groups) == sum(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="lr_scale"):
+        TrainConfig(lr_scale={"mlp1.*": 0})
+    with pytest.raises(ValueError, match="dtype"):
+        TrainConfig(dtype="fp16")

@@ -163,8 +163,9 @@ def build_sample(
 def _tokenize_segments(
     segments: Sequence[tuple[str, bool]], tokenizer: Any, stats: DataStats | None, where: str
 ) -> tuple[list[int], list[int]]:
-    bos = tokenizer.bos_token_id
-    ids: list[int] = [bos] if bos is not None else []
+    # BOS exactly as inference adds it (MonoProcessor encodes with add_bos=True): a tokenizer that
+    # has a BOS token but does not prepend it (SmolLM2's GGUF: add_bos_token false) gets none here too.
+    ids: list[int] = tokenizer.encode("", add_bos=True)
     labels: list[int] = [IGNORE_INDEX] * len(ids)
     k = 0
     last_untrained = ""  # the text just before a trained run: its assistant header

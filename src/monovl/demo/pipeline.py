@@ -40,6 +40,7 @@ class StagePlan:
     lr: float
     batch_size: int = 8
     warmup_steps: int = 5
+    lr_scale: dict[str, float] = field(default_factory=dict)  # glob -> LR multiplier (TrainConfig.lr_scale)
 
 
 @dataclass
@@ -61,6 +62,12 @@ class DemoPlan:
     eval_late: int = 24  # items per task after s1.3/s2 (the numbers that matter)
     seen_words: int = 24  # extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 2048  # held-out English text scored for the language-retention NLL
+    dtype: str = "auto"  # training precision (TrainConfig.dtype); fp32 on CPU
+    device: str = "cpu"  # where the evaluations run
+
+    @property
+    def eval_dtype(self) -> str | None:
+        return "float32" if self.dtype == "fp32" else None  # None: fp32 on CPU, bf16 on GPU
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -81,12 +88,12 @@ class DemoPlan:
         return picked
 
 
-def seen_word_items(out: Path, n: int, seed: int) -> list[EvalItem]:
+def seen_word_items(out: Path, n: int, seed: int, image_size: int = 224) -> list[EvalItem]:
     """OCR on words from the training vocabulary, drawn anew with the eval seed (new fonts, sizes,
     positions): reading, without the extra step of spelling a never-seen word."""
     from .render import render_scene
 
-    folder = out / "eval-seen-words"
+    folder = out / f"eval-seen-words-{image_size}"
     folder.mkdir(parents=True, exist_ok=True)
     items, i = [], 0
     while len(items) < n:
@@ -96,15 +103,16 @@ def seen_word_items(out: Path, n: int, seed: int) -> list[EvalItem]:
             continue
         path = folder / f"{len(items):04d}.png"
         if not path.exists():
-            render_scene(rec["meta"], 224).save(path)
+            render_scene(rec["meta"], image_size).save(path)
         items.append(EvalItem("ocr_word_seen", rec["conversations"][0]["value"], str(path), [rec["answer"]]))
     return items
 
 
-def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None) -> TrainConfig:
+def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None,
+                 dtype: str = "auto") -> TrainConfig:
     return TrainConfig(stage=stage, model=str(model), data=str(data), out=str(out), trainable=trainable,
-                       max_steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, warmup_steps=plan.warmup_steps,
-                       max_length=512, max_tiles=1, seed=0)
+                       max_steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, lr_scale=dict(plan.lr_scale),
+                       warmup_steps=plan.warmup_steps, max_length=512, max_tiles=1, seed=0, dtype=dtype)
 
 
 def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list[EvalItem],
@@ -114,14 +122,14 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
     model_dir = base
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, (stage, data_path, sp) in enumerate(stages):
-        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable)
+        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable, plan.dtype)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
         previous, model_dir = model_dir, Trainer(cfg).train()
         if name != "main" and previous != base:
             # Ablation runs keep only their last checkpoint: each one is a full fp32 model (~0.9 GB).
             shutil.rmtree(previous)
-        model = MonoInternVL.from_pretrained(model_dir)
+        model = MonoInternVL.from_pretrained(model_dir, dtype=plan.eval_dtype, device=plan.device)
         results[stage] = evaluate_stage(model, MonoProcessor.from_pretrained(model_dir),
                                         plan.eval_items_for(stage, items, last=i == len(stages) - 1),
                                         english_tokens=plan.english_tokens)
@@ -149,12 +157,12 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     eval_data = generate_curriculum(out / "data-eval", seed=plan.eval_seed,
                                     sizes=CurriculumSizes(0, 0, 0, 0, max(plan.eval_early, plan.eval_late)),
                                     image_size=plan.image_size, reuse=True)
-    items = load_eval_items(eval_data["eval"]) + seen_word_items(out, plan.seen_words, plan.eval_seed)
+    items = load_eval_items(eval_data["eval"]) + seen_word_items(out, plan.seen_words, plan.eval_seed, plan.image_size)
     timings["data"] = time.perf_counter() - t
 
     log("[3/5] evaluating the base model")
     t = time.perf_counter()
-    base_model = MonoInternVL.from_pretrained(up.out)
+    base_model = MonoInternVL.from_pretrained(up.out, dtype=plan.eval_dtype, device=plan.device)
     results = {"base": evaluate_stage(base_model, MonoProcessor.from_pretrained(up.out),
                                       plan.eval_items_for("base", items), english_tokens=plan.english_tokens)}
     del base_model

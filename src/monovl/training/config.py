@@ -27,6 +27,9 @@ class TrainConfig:
     batch_size: int = 4  # samples (or packed rows) per micro-batch per process
     grad_accum: int = 1
     lr: float = 1e-4
+    # glob -> LR multiplier, first match wins (e.g. {"vision_model.*": 10}): new, randomly initialised
+    # parameters can take a larger step than the ones copied from the pretrained LLM
+    lr_scale: dict[str, float] = field(default_factory=dict)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 0
     weight_decay: float = 0.01
@@ -41,7 +44,7 @@ class TrainConfig:
     pack_tokens: int = 4096  # token budget of one packed row
     # runtime
     activation_checkpointing: bool = False
-    dtype: str = "auto"  # auto: fp32 on CPU, bf16 autocast on GPU
+    dtype: str = "auto"  # auto: fp32 on CPU, bf16 autocast on GPU; fp32 or bf16 to choose (weights stay fp32)
     save_every: int = 0  # 0: only at the end
     keep_last: int = 0  # 0: keep every step checkpoint
     log_every: int = 1
@@ -57,6 +60,11 @@ class TrainConfig:
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         self.betas = tuple(self.betas)
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+        bad = {g: v for g, v in self.lr_scale.items() if not v > 0}
+        if bad:
+            raise ValueError(f"lr_scale multipliers must be > 0, got {bad}")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":

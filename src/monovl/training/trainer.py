@@ -8,6 +8,7 @@ positions whose next token is supervised (the [T, vocab] head is the largest GEM
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import time
@@ -41,17 +42,18 @@ def lr_lambda(cfg: TrainConfig):
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW; no weight decay on norms, biases and embeddings. For embeddings this is also what keeps
-    frozen rows bit-identical: with zero gradients Adam's update is exactly 0, and decay would not be."""
-    decay, no_decay = [], []
+    frozen rows bit-identical: with zero gradients Adam's update is exactly 0, and decay would not be.
+    `cfg.lr_scale` gives parameters matching a glob their own LR (the scheduler scales every group)."""
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.dim() < 2 or "norm" in n or "embedding" in n or n == "language_model.output.weight":
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+        no_decay = p.dim() < 2 or "norm" in n or "embedding" in n or n == "language_model.output.weight"
+        scale = next((v for g, v in cfg.lr_scale.items() if fnmatch.fnmatchcase(n, g)), 1.0)
+        groups.setdefault((0.0 if no_decay else cfg.weight_decay, scale), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "weight_decay": wd, "lr": cfg.lr * scale}
+                              for (wd, scale), ps in groups.items()],
+                             lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
 
 
 def frozen_row_mask(model: MonoInternVL, new_ids: list[int]) -> torch.Tensor | None:
@@ -138,8 +140,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.data.load_state_dict(state["data"])  # this rank's position
             self.step = state["step"]
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.env.device.type == "cuda"
-                         else nullcontext())
+        bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.env.device.type == "cuda")
+        self.autocast = torch.autocast(self.env.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
     def _build_data(self) -> "TrainingData":
         return TrainingData(self.cfg, self.processor, self.env)
@@ -174,7 +176,7 @@ class Trainer:
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            lr = self.scheduler.get_last_lr()[0]
+            lr = cfg.lr * self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # base LR, before lr_scale
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
