@@ -3,6 +3,8 @@
 Run them where a GPU is lent: `python -m pytest tests/test_cuda.py`.
 """
 
+import json
+
 import pytest
 import torch
 
@@ -10,7 +12,7 @@ from monovl import MonoInternVL
 from monovl.engine import Engine, Prompt
 from monovl.training import TrainConfig, apply_stage, get_stage
 from monovl.training.trainer import Trainer
-from test_model import FIXTURE
+from test_model import FIXTURE, load_reference
 from test_training import ListData, make_batches, text_logits
 from tiny import IMG_CONTEXT, image_prompt, random_tiles
 
@@ -26,28 +28,19 @@ def exact_fp32():
     torch.backends.cuda.matmul.allow_tf32 = old
 
 
-def _inputs():
-    from safetensors.torch import load_file
-    import json
-
-    ref = load_file(FIXTURE / "reference.safetensors")
-    meta = json.loads((FIXTURE / "reference.json").read_text())
-    return ref, meta
-
-
 def test_bf16_by_default_on_gpu_and_close_to_fp32():
-    ref, meta = _inputs()
+    ref, meta = load_reference()
     gpu = MonoInternVL.from_pretrained(FIXTURE, device="cuda")
     assert gpu.dtype == torch.bfloat16
     gpu32 = MonoInternVL.from_pretrained(FIXTURE, dtype="float32", device="cuda")
     with torch.no_grad():
-        ids, px = ref["input_ids"].cuda(), ref["pixel_values"].float().cuda()
+        ids, px = ref["input_ids"].cuda(), ref["pixel_values"].cuda()
         out32 = gpu32(ids, px, image_token_id=meta["img_context_token_id"]).logits.cpu()
         out16 = gpu(ids, px.bfloat16(), image_token_id=meta["img_context_token_id"]).logits.float().cpu()
     torch.testing.assert_close(out32, ref["logits"], atol=1e-4, rtol=0)  # fp32 parity holds on the GPU too
     scale = ref["logits"].abs().max()
     assert (out16 - ref["logits"]).abs().max() < 0.05 * scale
-    new = gpu32.generate(ref["input_ids"].cuda(), ref["pixel_values"].float().cuda(),
+    new = gpu32.generate(ids, px,
                          image_token_id=meta["img_context_token_id"], max_new_tokens=8, stop_token_ids=[])
     assert new.cpu().tolist() == [meta["greedy_new_tokens"]]
 
@@ -77,6 +70,5 @@ def test_training_on_gpu_bf16_autocast_keeps_frozen_weights(tiny_model_dir, tmp_
         if name not in trainable and name != "language_model.model.tok_embeddings.weight":
             assert torch.equal(a[name], b[name]), f"frozen {name} changed"
     assert torch.equal(text_logits(before), text_logits(after))
-    import json
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(l == l for l in losses) and losses[-1] < losses[0]

@@ -14,12 +14,16 @@ from tiny import IMG_CONTEXT, image_prompt, random_tiles, tiny_model
 FIXTURE = Path(__file__).parent / "data" / "official-v1-tiny"
 
 
-@pytest.fixture(scope="module")
-def official():
-    model = MonoInternVL.from_pretrained(FIXTURE)
+def load_reference() -> tuple[dict, dict]:
+    """The official code's inputs and outputs for the fixture: tensors (pixels as fp32) and metadata."""
     ref = load_file(FIXTURE / "reference.safetensors")
     ref["pixel_values"] = ref["pixel_values"].float()
-    return model, ref, json.loads((FIXTURE / "reference.json").read_text())
+    return ref, json.loads((FIXTURE / "reference.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def official():
+    return MonoInternVL.from_pretrained(FIXTURE), *load_reference()
 
 
 def test_official_logits_parity(official):

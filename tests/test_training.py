@@ -143,7 +143,7 @@ def test_s11_with_tied_embeddings_keeps_text_logits_bit_identical(tmp_path, tiny
     assert not torch.equal(before.state_dict()["mlp1.1.weight"], after.state_dict()["mlp1.1.weight"])
 
 
-def test_lr_scale_gives_matching_parameters_their_own_lr(model_dir):
+def test_lr_scale_gives_matching_parameters_their_own_lr():
     from monovl.training.trainer import build_optimizer
 
     model = tiny_model()

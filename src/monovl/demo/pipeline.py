@@ -68,12 +68,6 @@ class DemoPlan:
     seen_words: int = 24  # extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 2048  # held-out English text scored for the language-retention NLL
     answer_tokens: int = 40  # greedy tokens generated for each fixed text prompt (language retention)
-    dtype: str = "auto"  # training precision (TrainConfig.dtype); fp32 on CPU
-    device: str = "cpu"  # where the evaluations run
-
-    @property
-    def eval_dtype(self) -> str | None:
-        return "float32" if self.dtype == "fp32" else None  # None: fp32 on CPU, bf16 on GPU
 
     @classmethod
     def quick(cls) -> "DemoPlan":
@@ -114,11 +108,16 @@ def seen_word_items(out: Path, n: int, seed: int, image_size: int = 224) -> list
     return items
 
 
-def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None,
-                 dtype: str = "auto") -> TrainConfig:
+def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None) -> TrainConfig:
     return TrainConfig(stage=stage, model=str(model), data=str(data), out=str(out), trainable=trainable,
                        max_steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, lr_scale=dict(plan.lr_scale),
-                       warmup_steps=plan.warmup_steps, max_length=512, max_tiles=1, seed=0, dtype=dtype)
+                       warmup_steps=plan.warmup_steps, max_length=512, max_tiles=1, seed=0)
+
+
+def evaluate_checkpoint(model_dir: Path, plan: DemoPlan, items: list[EvalItem]) -> StageScores:
+    """Load a checkpoint and score it with the plan's evaluation settings."""
+    return evaluate_stage(MonoInternVL.from_pretrained(model_dir), MonoProcessor.from_pretrained(model_dir), items,
+                          english_tokens=plan.english_tokens, answer_tokens=plan.answer_tokens)
 
 
 def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list[EvalItem],
@@ -130,7 +129,7 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
     model_dir = base
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, (stage, data_path, sp) in enumerate(stages):
-        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable, plan.dtype)
+        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
         previous, model_dir = model_dir, Trainer(cfg).train()
@@ -140,10 +139,7 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
         last = i == len(stages) - 1
         if not (eval_each_stage or last):
             continue
-        model = MonoInternVL.from_pretrained(model_dir, dtype=plan.eval_dtype, device=plan.device)
-        results[stage] = evaluate_stage(model, MonoProcessor.from_pretrained(model_dir),
-                                        plan.eval_items_for(stage, items, last=last),
-                                        english_tokens=plan.english_tokens, answer_tokens=plan.answer_tokens)
+        results[stage] = evaluate_checkpoint(model_dir, plan, plan.eval_items_for(stage, items, last=last))
         log(f"   {stage}: " + ", ".join(f"{t} {v:.0f}" for t, v in results[stage].tasks.items())
             + f"; English NLL {results[stage].english_nll:.4f}")
     return results
@@ -173,11 +169,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
 
     log("[3/5] evaluating the base model")
     t = time.perf_counter()
-    base_model = MonoInternVL.from_pretrained(up.out, dtype=plan.eval_dtype, device=plan.device)
-    results = {"base": evaluate_stage(base_model, MonoProcessor.from_pretrained(up.out),
-                                      plan.eval_items_for("base", items), english_tokens=plan.english_tokens,
-                                      answer_tokens=plan.answer_tokens)}
-    del base_model
+    results = {"base": evaluate_checkpoint(up.out, plan, plan.eval_items_for("base", items))}
     timings["eval-base"] = time.perf_counter() - t
 
     log("[4/5] EViP: s1.1 -> s1.2 -> s1.3 -> s2 (delta tuning: the LLM stays frozen through s1.1/s1.2)")

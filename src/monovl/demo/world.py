@@ -57,8 +57,9 @@ closed vocabulary of the world: ``count`` (total, or of one shape kind),
 ``ocr_word``, ``ocr_number``, ``chart`` (value of one bar). Every s1.3 and eval
 question ends with :data:`ANSWER_SUFFIX` so the demo learns the answer format
 it is scored with. An s1.3 record asks its task first, then up to two more
-exact-answer questions that the same scene supports (``"tasks"`` lists them). s2 conversations mix natural sentences ("There are three
-shapes.") with exactly one suffixed exact-answer turn, plus descriptions.
+exact-answer questions that the same scene supports (``"tasks"`` lists them).
+s2 conversations mix natural sentences ("There are three shapes.") with exactly
+one suffixed exact-answer turn, plus descriptions.
 
 s1.1 captions are alt-text-like: ``noisy_rate`` (default 15%) are wrong (wrong
 colour, count, word, digit or bar count), 25% vague ("a picture", "shapes"),
@@ -632,6 +633,14 @@ def _human(question: str, first: bool, exact: bool) -> dict:
     return {"from": "human", "value": ("<image>\n" if first else "") + value}
 
 
+def _conversation(turns: Iterable[tuple[str, str, bool]]) -> list[dict]:
+    """(question, answer, exact) turns -> conversation; the image placeholder goes in the first."""
+    convs: list[dict] = []
+    for k, (q, a, exact) in enumerate(turns):
+        convs += [_human(q, k == 0, exact), {"from": "gpt", "value": a}]
+    return convs
+
+
 _GOLDEN = 0.6180339887498949
 
 
@@ -673,9 +682,7 @@ def make_sample(stage: str, index: int, seed: int = 0, noisy_rate: float = 0.15,
         extra = [q for q in _extra_qas(meta, rng) if q.task in QA_TASKS and q.question != qa.question]
         rng.shuffle(extra)
         turns = [qa] + extra[: S13_QUESTIONS - 1]
-        convs = []
-        for k, t in enumerate(turns):
-            convs += [_human(t.question, k == 0, True), {"from": "gpt", "value": t.answer}]
+        convs = _conversation((t.question, t.answer, True) for t in turns)
         return {"id": f"{stage}-{index:06d}", "conversations": convs, "task": task, "answer": qa.answer,
                 "tasks": [t.task for t in turns], "meta": meta}
     if stage == "s2":
@@ -692,7 +699,6 @@ def make_sample(stage: str, index: int, seed: int = 0, noisy_rate: float = 0.15,
         n_turns = rng.choice((2, 3))
         turns = chosen[: n_turns - (1 if rng.random() < 0.4 else 0)]
         exact_k = rng.randrange(len(turns))
-        convs: list[dict] = []
         items: list[tuple[str, str, bool]] = []
         for k, qa in enumerate(turns):
             items.append((qa.question, qa.answer if k == exact_k else qa.natural, k == exact_k))
@@ -703,9 +709,7 @@ def make_sample(stage: str, index: int, seed: int = 0, noisy_rate: float = 0.15,
             at = rng.randrange(len(items) + 1)
             items.insert(at, desc)
             tasks.insert(at, "describe")
-        for k, (q, a, exact) in enumerate(items):
-            convs += [_human(q, k == 0, exact), {"from": "gpt", "value": a}]
-        return {"id": f"{stage}-{index:06d}", "conversations": convs, "task": "chat",
+        return {"id": f"{stage}-{index:06d}", "conversations": _conversation(items), "task": "chat",
                 "tasks": tasks, "meta": meta}
     if stage == "eval":
         if eval_task not in EVAL_TASKS:

@@ -169,9 +169,8 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
         if t == 1 and self.groups > 1:
             # One query per row (decode): the `groups` query heads of kv head j become `groups` queries
-            # against that head's keys, [B, n_kv, groups, d], so the cached K/V are read once and never
-            # expanded (SDPA's GQA path materialises repeated K/V copies on CPU). A padding mask
-            # [B, 1, 1, T] broadcasts over the groups.
+            # against that head's keys, [B, n_kv, groups, d]: a plain attention over the cached K/V
+            # with no GQA head mapping. A padding mask [B, 1, 1, T] broadcasts over the groups.
             qg = q.reshape(b, self.n_kv, self.groups, self.head_dim)
             o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
             o = o.reshape(b, 1, self.n_heads * self.head_dim)
