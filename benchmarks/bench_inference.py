@@ -100,8 +100,8 @@ def published_style(model: MonoInternVL):
         decoder.LanguageModel.forward = original_forward
 
 
-def run(model, ids, tiles, n_new, reps, packed_decode=False):
-    engine = Engine(model, packed_decode=packed_decode)
+def run(model, ids, tiles, n_new, reps, split_decode=None):
+    engine = Engine(model, split_decode=split_decode)
     ttfts = []
     for i in range(reps + 1):
         t0 = time.perf_counter()
@@ -150,10 +150,10 @@ def main() -> None:
     rows = {}
     with torch.inference_mode():
         rows["monovl"] = run(model, ids, tiles, args.new, args.reps)
-        rows["monovl, packed decode"] = run(model, ids, tiles, args.new, args.reps, packed_decode=True)
+        rows["monovl, split_decode=False"] = run(model, ids, tiles, args.new, args.reps, split_decode=False)
         if not args.skip_baseline:
             with published_style(model):
-                rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps)
+                rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps, split_decode=False)
 
     ttft_ideal = flops / (gemm * 1e9)
     decode_ideal = bytes_per_token / (bw * 1e9)

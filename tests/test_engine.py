@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from monovl.engine import Engine, Prompt, SamplingParams
 from monovl.model.kv_cache import KVCache
@@ -110,23 +111,33 @@ def test_sampling_parameter_errors():
         SamplingParams(top_p=1.5)
 
 
-def test_packed_decode_gives_the_same_tokens(model):
-    from monovl.engine import packed_decode
-
-    if not packed_decode.available(model):
-        pytest.skip("PyTorch without oneDNN")
+def test_split_decode_gives_the_same_tokens(model):
     ids = torch.tensor([image_prompt([5, 6], tiles=1, suffix=[8])])
-    plain = Engine(model).generate(ids, random_tiles(1), max_new_tokens=10)
-    packed = Engine(model, packed_decode=True)
-    assert torch.equal(packed.generate(ids, random_tiles(1), max_new_tokens=10), plain)
-    # The packed copies follow weight updates, and the plain path is restored after each step.
+    plain = Engine(model, split_decode=False).generate(ids, random_tiles(1), max_new_tokens=10)
+    split = Engine(model, split_decode=True)
+    assert torch.equal(split.generate(ids, random_tiles(1), max_new_tokens=10), plain)
+    # The split forwards follow weight updates, and the plain path is restored after each step.
     saved = model.language_model.output.weight.detach().clone()
     with torch.no_grad():
         model.language_model.output.weight.mul_(1.5)
     try:
-        assert torch.equal(packed.generate(ids, random_tiles(1), max_new_tokens=10),
-                           Engine(model).generate(ids, random_tiles(1), max_new_tokens=10))
+        assert torch.equal(split.generate(ids, random_tiles(1), max_new_tokens=10),
+                           Engine(model, split_decode=False).generate(ids, random_tiles(1), max_new_tokens=10))
         assert "forward" not in vars(model.language_model.output)
     finally:
         with torch.no_grad():
             model.language_model.output.weight.copy_(saved)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 12])
+@pytest.mark.parametrize("bias", [False, True])
+def test_split_linear_matches_linear(rows, bias):
+    from monovl.engine.cpu_decode import _split_forward
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(13, 16, generator=g)  # 13 rows: 3 blocks of 4 plus one row left over
+    b = torch.randn(13, generator=g) if bias else None
+    x = torch.randn(rows, 1, 16, generator=g)
+    y = _split_forward(w, b, blocks=3)(x)
+    assert y.shape == (rows, 1, 13)
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)

@@ -16,6 +16,7 @@ import torch
 
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL, positions_from_mask
+from . import cpu_decode
 
 
 @dataclass
@@ -70,21 +71,19 @@ class Prompt:
 
 
 class Engine:
-    """`packed_decode=True` (CPU, fp32) runs decode steps on oneDNN-packed weight copies: faster,
-    at the cost of a second copy of the text-path weights in memory (see `packed_decode.py`)."""
+    """Generation on a model: KV cache, sampling, stop tokens, streaming, batches.
 
-    def __init__(self, model: MonoInternVL, packed_decode: bool = False):
+    `split_decode` (default: on for a CPU model with more than one thread) runs decode steps with
+    matrix-vector products split over the cores, on the model's own weights (see `cpu_decode.py`)."""
+
+    def __init__(self, model: MonoInternVL, split_decode: bool | None = None):
         self.model = model
-        self.packed = None
-        if packed_decode:
-            from . import packed_decode as pd
-
-            if not pd.available(model):
-                raise ValueError("packed_decode needs a float32 model on CPU and PyTorch built with oneDNN")
-            self.packed = pd.PackedWeights(model)
+        if split_decode is None:
+            split_decode = cpu_decode.available(model)
+        self.split = cpu_decode.SplitDecode(model) if split_decode else None
 
     def _decode_context(self):
-        return self.packed.active() if self.packed is not None else contextlib.nullcontext()
+        return self.split.active() if self.split is not None else contextlib.nullcontext()
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:

@@ -167,18 +167,11 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         scale = 1.0 / math.sqrt(self.head_dim)
-        if t == 1 and self.groups > 1:
-            # One query per row (decode): the `groups` query heads of kv head j become `groups` queries
-            # against that head's keys, [B, n_kv, groups, d]: a plain attention over the cached K/V
-            # with no GQA head mapping. A padding mask [B, 1, 1, T] broadcasts over the groups.
-            qg = q.reshape(b, self.n_kv, self.groups, self.head_dim)
-            o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
-            o = o.reshape(b, 1, self.n_heads * self.head_dim)
-        else:
-            # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv.
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                               scale=scale, enable_gqa=self.groups > 1)
-            o = o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
+        # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv, without
+        # copying K/V. (Folding the groups into the query axis for decode measured slower on CPU.)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
+                                           scale=scale, enable_gqa=self.groups > 1)
+        o = o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return route.apply(o, self.wo, self.wo_ve)
 
 
