@@ -16,7 +16,6 @@ results differ from `nn.Linear` by float rounding only (summation order), not by
 
 from __future__ import annotations
 
-import weakref
 from contextlib import contextmanager
 
 import torch
@@ -67,25 +66,24 @@ class SplitDecode:
     hold views of the weights; they are rebuilt when a weight changes (its version counter)."""
 
     def __init__(self, model: MonoInternVL):
-        self.model = model
-        self._forwards: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self.linears = _text_path_linears(model)  # the module structure is fixed: listed once
+        self._forwards: list[tuple | None] = [None] * len(self.linears)
 
-    def _get(self, m: nn.Linear, blocks: int):
+    def _get(self, i: int, blocks: int):
+        m = self.linears[i]
         key = (m.weight.data_ptr(), m.weight._version, blocks)
-        hit = self._forwards.get(m)
+        hit = self._forwards[i]
         if hit is None or hit[0] != key:
-            hit = (key, _split_forward(m.weight.detach(), m.bias, blocks))
-            self._forwards[m] = hit
+            hit = self._forwards[i] = (key, _split_forward(m.weight.detach(), m.bias, blocks))
         return hit[1]
 
     @contextmanager
     def active(self):
         blocks = torch.get_num_threads()
-        mods = _text_path_linears(self.model)
-        for m in mods:
-            m.forward = self._get(m, blocks)
+        for i, m in enumerate(self.linears):
+            m.forward = self._get(i, blocks)
         try:
             yield
         finally:
-            for m in mods:
+            for m in self.linears:
                 del m.forward  # back to nn.Linear.forward
