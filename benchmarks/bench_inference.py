@@ -26,7 +26,7 @@ import time
 import torch
 
 from monovl import MonoInternVL
-from monovl.engine import Engine
+from monovl.engine import Engine, cpu_decode
 from monovl.model import decoder
 from monovl.model.config import preset
 
@@ -100,6 +100,24 @@ def published_style(model: MonoInternVL):
         decoder.LanguageModel.forward = original_forward
 
 
+def measure_decode_matmuls(model: MonoInternVL, reps: int = 10) -> float:
+    """Seconds per token for the decode step's matrix-vector products alone (every text-path linear
+    once, one row, as the engine runs them): the part of decode that streams the weights. The gap
+    between this and the full step is attention, small ops and Python."""
+    split = cpu_decode.SplitDecode(model)
+    linears = split.linears
+    xs = [torch.randn(1, 1, m.in_features) for m in linears]
+    context = split.active() if cpu_decode.available(model) else contextlib.nullcontext()
+    with context:
+        for m, x in zip(linears, xs):
+            m(x)
+        t = time.perf_counter()
+        for _ in range(reps):
+            for m, x in zip(linears, xs):
+                m(x)
+    return (time.perf_counter() - t) / reps
+
+
 def run(model, ids, tiles, n_new, reps, split_decode=None):
     engine = Engine(model, split_decode=split_decode)
     ttfts = []
@@ -155,6 +173,8 @@ def main() -> None:
             with published_style(model):
                 rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps, split_decode=False)
 
+        matmuls = measure_decode_matmuls(model)
+
     ttft_ideal = flops / (gemm * 1e9)
     decode_ideal = bytes_per_token / (bw * 1e9)
     print(f"\nprefill work {flops / 1e9:.1f} GFLOP -> ideal TTFT {ttft_ideal * 1e3:.0f} ms; "
@@ -169,6 +189,9 @@ def main() -> None:
         print(f"| {name} | {ttft * 1e3:.0f} | {eff_t:.0%} | {per_tok * 1e3:.1f} | {1 / per_tok:.1f} | {eff_d:.0%} |")
         results["rows"][name] = {"ttft_s": ttft, "decode_s_per_token": per_tok,
                                  "ttft_efficiency": eff_t, "decode_efficiency": eff_d}
+    print(f"\ndecode matrix-vector products alone (the engine's kernels, no attention or other ops): "
+          f"{matmuls * 1e3:.1f} ms/token, {decode_ideal / matmuls:.0%} of the bandwidth bound")
+    results["decode_matmuls_s_per_token"] = matmuls
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
