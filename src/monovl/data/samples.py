@@ -111,7 +111,8 @@ def build_sample(
     """Tokenised sample with labels for one record (see the module docstring).
 
     ``tokenizer`` needs ``encode(text, add_bos=...)`` and ``token_to_id``. Raises
-    :class:`SampleError` for records that must be skipped; ``stats`` (optional) receives non-fatal notes (``truncated``, ``boundary_retokenised``).
+    :class:`SampleError` for records that must be skipped; ``stats`` (optional) receives
+    non-fatal notes (``truncated``, ``boundary_retokenised``).
     """
     tmpl = get_template(template)
     if max_tiles < 1 or max_length < 2:

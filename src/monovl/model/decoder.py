@@ -172,12 +172,11 @@ class Attention(nn.Module):
         v = qkv[:, :, :, self.groups + 1].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        scale = 1.0 / math.sqrt(self.head_dim)
         # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv, without
         # copying K/V. (Folding the groups into the query axis for decode measures the same on CPU:
         # benchmarks/bench_decode_attention.py.)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
-                                           scale=scale, enable_gqa=self.groups > 1)
+                                           scale=1.0 / math.sqrt(self.head_dim), enable_gqa=self.groups > 1)
         o = o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)
         return route.apply(o, self.wo, self.wo_ve)
 
