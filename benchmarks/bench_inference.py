@@ -26,7 +26,8 @@ import time
 import torch
 
 from monovl import MonoInternVL
-from monovl.engine import Engine, cpu_decode
+from monovl.engine import Engine
+from monovl.engine.cpu_decode import CPUDecoder
 from monovl.model import decoder
 from monovl.model.config import preset
 
@@ -104,22 +105,22 @@ def measure_decode_matmuls(model: MonoInternVL, reps: int = 10) -> float:
     """Seconds per token for the decode step's matrix-vector products alone (every text-path linear
     once, one row, as the engine runs them): the part of decode that streams the weights. The gap
     between this and the full step is attention, small ops and Python."""
-    split = cpu_decode.SplitDecode(model)
-    linears = split.linears
-    xs = [torch.randn(1, 1, m.in_features) for m in linears]
-    context = split.active() if cpu_decode.available(model) else contextlib.nullcontext()
-    with context:
-        for m, x in zip(linears, xs):
-            m(x)
-        t = time.perf_counter()
-        for _ in range(reps):
-            for m, x in zip(linears, xs):
-                m(x)
+    products = CPUDecoder(model).products
+    linears = [m for layer in model.language_model.model.layers
+               for m in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w1,
+                         layer.feed_forward.w3, layer.feed_forward.w2)] + [model.language_model.output]
+    xs = [torch.randn(1, m.in_features) for m in linears]
+    for f, x in zip(products, xs):
+        f(x)
+    t = time.perf_counter()
+    for _ in range(reps):
+        for f, x in zip(products, xs):
+            f(x)
     return (time.perf_counter() - t) / reps
 
 
-def run(model, ids, tiles, n_new, reps, split_decode=None):
-    engine = Engine(model, split_decode=split_decode)
+def run(model, ids, tiles, n_new, reps, cpu_decode=None):
+    engine = Engine(model, cpu_decode=cpu_decode)
     ttfts = []
     for i in range(reps + 1):
         t0 = time.perf_counter()
@@ -168,10 +169,10 @@ def main() -> None:
     rows = {}
     with torch.inference_mode():
         rows["monovl"] = run(model, ids, tiles, args.new, args.reps)
-        rows["monovl, split_decode=False"] = run(model, ids, tiles, args.new, args.reps, split_decode=False)
+        rows["monovl, cpu_decode=False"] = run(model, ids, tiles, args.new, args.reps, cpu_decode=False)
         if not args.skip_baseline:
             with published_style(model):
-                rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps, split_decode=False)
+                rows["published-style (emulated)"] = run(model, ids, tiles, args.new, args.reps, cpu_decode=False)
 
         matmuls = measure_decode_matmuls(model)
 

@@ -111,33 +111,65 @@ def test_sampling_parameter_errors():
         SamplingParams(top_p=1.5)
 
 
-def test_split_decode_gives_the_same_tokens(model):
+def test_cpu_decode_gives_the_same_tokens(model):
     ids = torch.tensor([image_prompt([5, 6], tiles=1, suffix=[8])])
-    plain = Engine(model, split_decode=False).generate(ids, random_tiles(1), max_new_tokens=10)
-    split = Engine(model, split_decode=True)
-    assert torch.equal(split.generate(ids, random_tiles(1), max_new_tokens=10), plain)
-    # The split forwards follow weight updates, and the plain path is restored after each step.
+    plain = Engine(model, cpu_decode=False).generate(ids, random_tiles(1), max_new_tokens=10, stop_token_ids=[])
+    fast = Engine(model, cpu_decode=True)
+    assert torch.equal(fast.generate(ids, random_tiles(1), max_new_tokens=10, stop_token_ids=[]), plain)
+    # The step holds views of the weights: in-place updates are seen by the next generate.
     saved = model.language_model.output.weight.detach().clone()
     with torch.no_grad():
         model.language_model.output.weight.mul_(1.5)
     try:
-        assert torch.equal(split.generate(ids, random_tiles(1), max_new_tokens=10),
-                           Engine(model, split_decode=False).generate(ids, random_tiles(1), max_new_tokens=10))
-        assert "forward" not in vars(model.language_model.output)
+        assert torch.equal(fast.generate(ids, random_tiles(1), max_new_tokens=10, stop_token_ids=[]),
+                           Engine(model, cpu_decode=False).generate(ids, random_tiles(1), max_new_tokens=10,
+                                                                   stop_token_ids=[]))
     finally:
         with torch.no_grad():
             model.language_model.output.weight.copy_(saved)
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("padded", [False, True])
+@torch.no_grad()
+def test_cpu_decoder_step_equals_language_model_forward(model, blocks, padded):
+    from monovl.engine.cpu_decode import CPUDecoder
+    from monovl.model.mono_internvl import positions_from_mask
+
+    lm = model.language_model
+    ids = torch.tensor([image_prompt([5, 6], tiles=1, suffix=[8, 9]), image_prompt([7], tiles=1, suffix=[3, 4, 5])])
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, :2] = 0
+    caches = [new_cache(model, batch=2), new_cache(model, batch=2)]
+    for c in caches:
+        model(ids, random_tiles(2), attention_mask=mask, cache=c)
+    step = CPUDecoder(model, blocks=blocks)
+    tokens = torch.tensor([11, 12])
+    for _ in range(3):
+        mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
+        positions = positions_from_mask(mask, 0, mask.shape[1], ids.device, 2)[:, -1:]
+        ref = lm(lm.model.tok_embeddings(tokens[:, None]), positions, None, mask if padded else None, caches[0])[:, -1]
+        got = step(tokens, positions, caches[1], mask if padded else None)
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        assert caches[1].length == caches[0].length
+        tokens = ref.argmax(-1)
+
+
+def test_cpu_decode_refuses_a_bf16_model():
+    with pytest.raises(ValueError, match="fp32 model on CPU"):
+        Engine(tiny_model(seed=3).to(torch.bfloat16), cpu_decode=True)
+
+
 @pytest.mark.parametrize("rows", [1, 3, 12])
 @pytest.mark.parametrize("bias", [False, True])
-def test_split_linear_matches_linear(rows, bias):
-    from monovl.engine.cpu_decode import _split_forward
+def test_split_product_matches_linear(rows, bias):
+    from monovl.engine.cpu_decode import split_product
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(13, 16, generator=g)  # 13 rows: 3 blocks of 4 plus one row left over
     b = torch.randn(13, generator=g) if bias else None
     x = torch.randn(rows, 1, 16, generator=g)
-    y = _split_forward(w, b, blocks=3)(x)
+    y = split_product(w, b, blocks=3)(x)
     assert y.shape == (rows, 1, 13)
     torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)

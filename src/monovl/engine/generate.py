@@ -8,7 +8,6 @@ masked, so each row gets the same tokens as when run alone.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ import torch
 
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL, positions_from_mask
-from . import cpu_decode
+from .cpu_decode import CPUDecoder, available as cpu_decode_available
 
 
 @dataclass
@@ -73,17 +72,15 @@ class Prompt:
 class Engine:
     """Generation on a model: KV cache, sampling, stop tokens, streaming, batches.
 
-    `split_decode` (default: on for a CPU model with more than one thread) runs decode steps with
-    matrix-vector products split over the cores, on the model's own weights (see `cpu_decode.py`)."""
+    `cpu_decode` (default: on for an fp32 model on CPU) runs decode steps through
+    `cpu_decode.CPUDecoder`: the text path as plain tensor ops, matrix-vector products split over
+    the cores. Off, decode steps go through `LanguageModel.forward` like prefill."""
 
-    def __init__(self, model: MonoInternVL, split_decode: bool | None = None):
+    def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None):
         self.model = model
-        if split_decode is None:
-            split_decode = cpu_decode.available(model)
-        self.split = cpu_decode.SplitDecode(model) if split_decode else None
-
-    def _decode_context(self):
-        return self.split.active() if self.split is not None else contextlib.nullcontext()
+        if cpu_decode and not cpu_decode_available(model):
+            raise ValueError(f"cpu_decode needs an fp32 model on CPU, got {model.dtype} on {model.device}")
+        self.cpu_decode = cpu_decode_available(model) if cpu_decode is None else cpu_decode
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:
@@ -130,7 +127,14 @@ class Engine:
             positions = torch.full((b, 1), t, dtype=torch.long, device=device)
         else:
             positions = positions_from_mask(attention_mask, 0, t, device, b)[:, -1:] + 1
-        embed = model.language_model.model.tok_embeddings
+        if self.cpu_decode and cpu_decode_available(model):  # (the model may have moved since)
+            decode = CPUDecoder(model)
+        else:
+            embed = model.language_model.model.tok_embeddings
+
+            def decode(tokens, positions, cache, attention_mask):
+                # Generated tokens are text: no visual mask, so every layer runs the text experts.
+                return model.language_model(embed(tokens[:, None]), positions, None, attention_mask, cache)[:, -1]
         for step in range(max_new_tokens):
             token = next_tokens(logits, sampling, seen, generator)
             token = token.masked_fill(done, cfg.pad_token_id)
@@ -142,9 +146,7 @@ class Engine:
                 seen[torch.arange(b, device=device), token] = True
             if attention_mask is not None:
                 attention_mask = torch.cat([attention_mask, attention_mask.new_ones(b, 1)], dim=1)
-            # Generated tokens are text: no visual mask, so every layer runs the text experts.
-            with self._decode_context():
-                logits = model.language_model(embed(token[:, None]), positions, None, attention_mask, cache)[:, -1]
+            logits = decode(token, positions, cache, attention_mask)
             positions = positions + 1
 
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
