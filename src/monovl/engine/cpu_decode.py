@@ -1,12 +1,13 @@
 """CPU decode step: the decoder's text path for one new token per row, as plain tensor ops.
 
 A decode step is a chain of matrix-vector products bound by how fast the weights stream from
-memory, plus a few hundred small ops. On the 2-core dev machine the products take ~40 ms per token
-for `cpu-420m`, while module calls, routing, mask building and per-op dispatch through the generic
-`LanguageModel.forward` add ~7 ms (measured with a same-structure model of hidden size 64). This
-step runs the same arithmetic on the model's own weights (no copies) with the generic parts
-removed: generated tokens are text, so there is no routing; one query needs no causal mask.
-`tests/test_engine.py` checks its logits against `LanguageModel.forward` on the same cache.
+memory, plus a few hundred small ops. Going through the generic `LanguageModel.forward` also costs
+module calls, routing and mask building: a model shaped like `cpu-420m` but with hidden size 64
+(so the products cost almost nothing) takes about 6 ms per step that way on the 2-core dev
+machine, and about 4 ms through this step. It runs the same arithmetic on the model's own weights
+(no copies) with the generic parts removed: generated tokens are text, so there is no routing, and
+one query needs no causal mask. `tests/test_engine.py` checks its logits against
+`LanguageModel.forward` on the same cache.
 
 Matrix-vector products are split over the cores. PyTorch's fp32 `linear` with one row goes to an
 MKL GEMV that keeps about one core busy: on the dev machine it reads 11-13 GB/s, while both cores
