@@ -105,11 +105,8 @@ def measure_decode_matmuls(model: MonoInternVL, reps: int = 10) -> float:
     """Seconds per token for the decode step's matrix-vector products alone (every text-path linear
     once, one row, as the engine runs them): the part of decode that streams the weights. The gap
     between this and the full step is attention, small ops and Python."""
-    products = CPUDecoder(model).products
-    linears = [m for layer in model.language_model.model.layers
-               for m in (layer.attention.wqkv, layer.attention.wo, layer.feed_forward.w1,
-                         layer.feed_forward.w3, layer.feed_forward.w2)] + [model.language_model.output]
-    xs = [torch.randn(1, m.in_features) for m in linears]
+    widths, products = zip(*CPUDecoder(model).products)
+    xs = [torch.randn(1, width) for width in widths]
     for f, x in zip(products, xs):
         f(x)
     t = time.perf_counter()

@@ -80,7 +80,7 @@ class Engine:
         self.model = model
         if cpu_decode and not cpu_decode_available(model):
             raise ValueError(f"cpu_decode needs an fp32 model on CPU, got {model.dtype} on {model.device}")
-        self.cpu_decode = cpu_decode_available(model) if cpu_decode is None else cpu_decode
+        self.cpu_decode = cpu_decode
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:
@@ -127,7 +127,7 @@ class Engine:
             positions = torch.full((b, 1), t, dtype=torch.long, device=device)
         else:
             positions = positions_from_mask(attention_mask, 0, t, device, b)[:, -1:] + 1
-        if self.cpu_decode and cpu_decode_available(model):  # (the model may have moved since)
+        if self.cpu_decode is not False and cpu_decode_available(model):  # checked here: the model may have moved
             decode = CPUDecoder(model)
         else:
             embed = model.language_model.model.tok_embeddings
