@@ -64,3 +64,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer_dir:
     for item in tiny_tokenizer_dir.iterdir():
         shutil.copy(item, out / item.name)
     return out
+
+
+# ------------------------------------------------------------ decode kernels
+@pytest.fixture(scope="session")
+def native():
+    """The compiled CPU decode kernels. Where a C++ compiler exists they must build: a silent fallback
+    would leave the fast path untested."""
+    from monovl.engine.decode_kernels import native_kernels
+
+    kernels = native_kernels()
+    if kernels is None:
+        if shutil.which("c++") or shutil.which("g++"):
+            pytest.fail("a C++ compiler is installed but the native decode kernels did not build (see the warning)")
+        pytest.skip("no C++ compiler: the native decode kernels cannot be built here")
+    return kernels

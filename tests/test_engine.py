@@ -129,13 +129,16 @@ def test_cpu_decode_gives_the_same_tokens(model):
             model.language_model.output.weight.copy_(saved)
 
 
-@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("kernels", ["torch, 1 block", "torch, 3 blocks", "native"])
 @pytest.mark.parametrize("padded", [False, True])
 @torch.no_grad()
-def test_cpu_decoder_step_equals_language_model_forward(model, blocks, padded):
+def test_cpu_decoder_step_equals_language_model_forward(model, kernels, padded, native):
     from monovl.engine.cpu_decode import CPUDecoder
+    from monovl.engine.decode_kernels import TorchKernels
     from monovl.model.mono_internvl import positions_from_mask
 
+    kernels = {"torch, 1 block": TorchKernels(blocks=1), "torch, 3 blocks": TorchKernels(blocks=3),
+               "native": native}[kernels]
     lm = model.language_model
     ids = torch.tensor([image_prompt([5, 6], tiles=1, suffix=[8, 9]), image_prompt([7], tiles=1, suffix=[3, 4, 5])])
     mask = torch.ones_like(ids)
@@ -144,7 +147,7 @@ def test_cpu_decoder_step_equals_language_model_forward(model, blocks, padded):
     caches = [new_cache(model, batch=2), new_cache(model, batch=2)]
     for c in caches:
         model(ids, random_tiles(2), attention_mask=mask, cache=c)
-    step = CPUDecoder(model, blocks=blocks)
+    step = CPUDecoder(model, kernels)
     tokens = torch.tensor([11, 12])
     for _ in range(3):
         mask = torch.cat([mask, mask.new_ones(2, 1)], dim=1)
@@ -153,7 +156,20 @@ def test_cpu_decoder_step_equals_language_model_forward(model, blocks, padded):
         got = step(tokens, positions, caches[1], mask if padded else None)
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
         assert caches[1].length == caches[0].length
+        end = caches[0].length
+        for k0, k1, v0, v1 in zip(caches[0].k, caches[1].k, caches[0].v, caches[1].v):
+            torch.testing.assert_close(k1[:, :, :end], k0[:, :, :end], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v1[:, :, :end], v0[:, :, :end], atol=1e-5, rtol=1e-5)
         tokens = ref.argmax(-1)
+
+
+def test_cpu_decoder_refuses_to_overflow_the_cache(model):
+    from monovl.engine.cpu_decode import CPUDecoder
+
+    cache = new_cache(model, max_len=4)
+    model(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+    with pytest.raises(ValueError, match="KV cache overflow: 5 tokens > max_len 4"):
+        CPUDecoder(model)(torch.tensor([5]), torch.tensor([[4]]), cache)
 
 
 def test_cpu_decode_refuses_a_bf16_model():
@@ -163,13 +179,13 @@ def test_cpu_decode_refuses_a_bf16_model():
 
 @pytest.mark.parametrize("rows", [1, 3, 12])
 @pytest.mark.parametrize("bias", [False, True])
-def test_split_product_matches_linear(rows, bias):
-    from monovl.engine.cpu_decode import split_product
+def test_split_linear_matches_linear(rows, bias):
+    from monovl.engine.decode_kernels import split_linear
 
     g = torch.Generator().manual_seed(0)
     w = torch.randn(13, 16, generator=g)  # 13 rows: 3 blocks of 4 plus one row left over
     b = torch.randn(13, generator=g) if bias else None
-    x = torch.randn(rows, 1, 16, generator=g)
-    y = split_product(w, b, blocks=3)(x)
-    assert y.shape == (rows, 1, 13)
+    x = torch.randn(rows, 16, generator=g)
+    y = split_linear(x, w, b, blocks=3)
+    assert y.shape == (rows, 13)
     torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)

@@ -1,36 +1,24 @@
-"""CPU decode step: the decoder's text path for one new token per row, as plain tensor ops.
+"""CPU decode step: the decoder's text path for one new token per row, on fused kernels.
 
-A decode step is a chain of matrix-vector products bound by how fast the weights stream from
-memory, plus a few hundred small ops. Going through the generic `LanguageModel.forward` also costs
-module calls, routing and mask building: a model shaped like `cpu-420m` but with hidden size 64
+Going through the generic `LanguageModel.forward` for one token costs module calls, routing and
+mask building on top of the arithmetic: a model shaped like `cpu-420m` but with hidden size 64
 (so the products cost almost nothing) takes about 6 ms per step that way on the 2-core dev
-machine, and about 4 ms through this step. It runs the same arithmetic on the model's own weights
-(no copies) with the generic parts removed: generated tokens are text, so there is no routing, and
-one query needs no causal mask. `tests/test_engine.py` checks its logits against
-`LanguageModel.forward` on the same cache.
-
-Matrix-vector products are split over the cores. PyTorch's fp32 `linear` with one row goes to an
-MKL GEMV that keeps about one core busy: on the dev machine it reads 11-13 GB/s, while both cores
-together stream 18-22 GB/s. So each weight [out, in] is viewed, without copying, as `threads`
-blocks of rows, and one batched matmul multiplies every block with the same input: MKL runs the
-blocks of a batched matmul on different cores. Rows left over by an uneven split (92553-row
-heads) take one small extra product. Outputs differ from `nn.Linear` by float rounding only
-(summation order). `benchmarks/bench_inference.py` measures this step against the module path.
+machine. This step runs the same arithmetic on the model's own weights (no copies) with the
+generic parts removed: generated tokens are text, so there is no routing, and one query needs no
+causal mask. Its kernels (`decode_kernels.py`) are compiled C++ where possible, PyTorch ops
+otherwise. `tests/test_engine.py` checks the step's logits against `LanguageModel.forward` on the
+same cache with both kernel sets.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..model.decoder import apply_rotary, attention_mask_for
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL
-
-Product = Callable[[torch.Tensor], torch.Tensor]
+from .decode_kernels import NativeKernels, TorchKernels, default_kernels
 
 
 def available(model: MonoInternVL) -> bool:
@@ -39,65 +27,34 @@ def available(model: MonoInternVL) -> bool:
     return model.device.type == "cpu" and model.dtype == torch.float32
 
 
-def split_product(weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> Product:
-    """x [..., in] -> x @ weight.T + bias, with the rows of `weight` split into `blocks` products that
-    MKL runs on different cores. Batches of more than 8 rows are compute-bound: plain `linear`."""
-    out_features, in_features = weight.shape
-    rows = out_features // blocks
-    body = weight[: rows * blocks].view(blocks, rows, in_features).transpose(1, 2)  # [blocks, in, rows]
-    rest = weight[rows * blocks:]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        flat = x.reshape(-1, in_features)
-        m = flat.shape[0]
-        if blocks == 1 or rows == 0 or m > 8:
-            return F.linear(x, weight, bias)
-        y = torch.bmm(flat.expand(blocks, m, in_features), body)  # [blocks, m, rows]
-        # One row (the usual decode) needs no transpose: [blocks, 1, rows] is already row-major.
-        y = y.view(1, rows * blocks) if m == 1 else y.transpose(0, 1).reshape(m, rows * blocks)
-        if rest.shape[0]:
-            y = torch.cat([y, flat @ rest.t()], dim=1)
-        if bias is not None:
-            y = y + bias
-        return y.reshape(*x.shape[:-1], out_features)
-    return forward
-
-
 class CPUDecoder:
     """One decode step for the text path of `model.language_model`, built on views of its weights.
 
     Build it after the weights are final (the engine builds one per `stream` call): it holds views,
     so in-place weight updates are seen, but a replaced parameter is not."""
 
-    def __init__(self, model: MonoInternVL, blocks: int | None = None):
+    def __init__(self, model: MonoInternVL, kernels: NativeKernels | TorchKernels | None = None):
         lm = model.language_model
         cfg = lm.cfg
-        blocks = blocks or torch.get_num_threads()
+        self.kernels = kernels or default_kernels()
         self.lm = lm
         self.eps = cfg.rms_norm_eps
-        self.hidden = cfg.hidden_size
         self.n_kv, self.head_dim = cfg.num_key_value_heads, cfg.head_dim
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
-        # Every product of a step in the order it runs, with its input width (what the benchmark
-        # times on its own).
-        self.products: list[tuple[int, Product]] = []
+        def weights(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
 
-        def product(linear: torch.nn.Linear) -> Product:
-            bias = linear.bias.detach() if linear.bias is not None else None
-            forward = split_product(linear.weight.detach(), bias, blocks)
-            self.products.append((linear.in_features, forward))
-            return forward
-
+        # Per layer: attention norm, wqkv (+ bias), wo (+ bias), FFN norm, w1, w3, w2.
         self.layers = [
-            (layer.attention_norm.weight.detach(), product(layer.attention.wqkv), product(layer.attention.wo),
-             layer.ffn_norm.weight.detach(), product(layer.feed_forward.w1), product(layer.feed_forward.w3),
-             product(layer.feed_forward.w2))
+            (layer.attention_norm.weight.detach(), *weights(layer.attention.wqkv), *weights(layer.attention.wo),
+             layer.ffn_norm.weight.detach(), layer.feed_forward.w1.weight.detach(),
+             layer.feed_forward.w3.weight.detach(), layer.feed_forward.w2.weight.detach())
             for layer in lm.model.layers
         ]
-        self.head = product(lm.output)
         self.final_norm = lm.model.norm.weight.detach()
+        self.head = lm.output.weight.detach()
         self.embedding = lm.model.tok_embeddings.weight.detach()
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
@@ -106,22 +63,18 @@ class CPUDecoder:
 
         Same contract as `LanguageModel.forward` for one text token per row: writes the new keys and
         values into `cache` and advances it."""
-        b, hidden, n_kv, groups, head_dim = tokens.shape[0], self.hidden, self.n_kv, self.groups, self.head_dim
-        past = cache.length
-        x = self.embedding[tokens]  # [B, H]
+        k, b, past = self.kernels, tokens.shape[0], cache.length
+        if past + 1 > cache.max_len:
+            raise ValueError(f"KV cache overflow: {past + 1} tokens > max_len {cache.max_len}")
+        x = self.embedding[tokens]  # [B, H]: a new tensor, the residual stream updated in place
         cos, sin = self.lm.rotary(positions, past + 1, x.dtype)
-        cos, sin = cos[:, 0], sin[:, 0]  # [B, 1, 1, head_dim]
-        mask, _ = attention_mask_for(attention_mask, past, 1, x.device)
-        for i, (norm1, wqkv, wo, norm2, w1, w3, w2) in enumerate(self.layers):
-            h = F.rms_norm(x, (hidden,), norm1, self.eps)
+        cos, sin = cos.reshape(b, -1), sin.reshape(b, -1)  # [B, head_dim]
+        mask = None if attention_mask is None else attention_mask.bool().contiguous()
+        for i, (norm1, wqkv, bqkv, wo, bo, norm2, w1, w3, w2) in enumerate(self.layers):
             # Packed rows [n_kv][groups + 2][head_dim], as in `Attention.forward`.
-            qkv = wqkv(h).view(b, n_kv, groups + 2, head_dim)
-            qk = apply_rotary(qkv[:, :, : groups + 1], cos, sin)
-            k, v = cache.update(i, qk[:, :, groups, None], qkv[:, :, groups + 1, None])
-            q = qk[:, :, :groups].reshape(b, n_kv * groups, 1, head_dim)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=groups > 1)
-            x = x + wo(o.view(b, -1))
-            h = F.rms_norm(x, (hidden,), norm2, self.eps)
-            x = x + w2(F.silu(w1(h)).mul_(w3(h)))
+            qkv = k.linear(k.rms_norm(x, norm1, self.eps), wqkv, bqkv).view(b, self.n_kv, self.groups + 2, -1)
+            k.rope_store(qkv, cos, sin, cache.k[i], cache.v[i], past)
+            k.linear(k.attend(qkv, cache.k[i], cache.v[i], past + 1, mask, self.scale), wo, bo, accumulate=x)
+            k.linear(k.swiglu(k.rms_norm(x, norm2, self.eps), w1, w3), w2, accumulate=x)
         cache.length += 1
-        return self.head(F.rms_norm(x, (hidden,), self.final_norm, self.eps))
+        return k.linear(k.rms_norm(x, self.final_norm, self.eps), self.head)

@@ -16,6 +16,7 @@ import torch
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL, positions_from_mask
 from .cpu_decode import CPUDecoder, available as cpu_decode_available
+from .decode_kernels import NativeKernels, TorchKernels
 
 
 @dataclass
@@ -73,14 +74,17 @@ class Engine:
     """Generation on a model: KV cache, sampling, stop tokens, streaming, batches.
 
     `cpu_decode` (default: on for an fp32 model on CPU) runs decode steps through
-    `cpu_decode.CPUDecoder`: the text path as plain tensor ops, matrix-vector products split over
-    the cores. Off, decode steps go through `LanguageModel.forward` like prefill."""
+    `cpu_decode.CPUDecoder`: the text path on fused kernels, `kernels` (default: the compiled ones
+    when they build, else PyTorch ops; see `decode_kernels`). Off, decode steps go through
+    `LanguageModel.forward` like prefill."""
 
-    def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None):
+    def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None,
+                 kernels: NativeKernels | TorchKernels | None = None):
         self.model = model
         if cpu_decode and not cpu_decode_available(model):
             raise ValueError(f"cpu_decode needs an fp32 model on CPU, got {model.dtype} on {model.device}")
         self.cpu_decode = cpu_decode
+        self.kernels = kernels
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:
@@ -128,7 +132,7 @@ class Engine:
         else:
             positions = positions_from_mask(attention_mask, 0, t, device, b)[:, -1:] + 1
         if self.cpu_decode is not False and cpu_decode_available(model):  # checked here: the model may have moved
-            decode = CPUDecoder(model)
+            decode = CPUDecoder(model, self.kernels)
         else:
             embed = model.language_model.model.tok_embeddings
 
