@@ -38,8 +38,9 @@ def main() -> None:
     scale = 1 / math.sqrt(d)
     evict = torch.randn(64 * 1024 * 1024 // 4)
     kernels = {"SDPA enable_gqa (PyTorch kernels)": TorchKernels()}
-    if native_kernels() is not None:
-        kernels["native attend"] = native_kernels()
+    native = native_kernels()
+    if native is not None:
+        kernels["native attend"] = native
     reference = TorchKernels().attend(qkv, ks[0], vs[0], n, None, scale)
     for k in kernels.values():
         torch.testing.assert_close(k.attend(qkv, ks[0], vs[0], n, None, scale), reference, rtol=1e-5, atol=1e-5)

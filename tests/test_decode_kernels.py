@@ -32,7 +32,7 @@ def test_linear(native, rows, out, bias):
 
 
 def test_linear_above_the_native_row_limit_uses_torch(native):
-    x, w = randn(decode_kernels.NATIVE_MAX_ROWS + 1, 16), randn(9, 16, seed=1)
+    x, w = randn(decode_kernels.BANDWIDTH_BOUND_ROWS + 1, 16), randn(9, 16, seed=1)
     torch.testing.assert_close(native.linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(native.swiglu(x, w, w), REF.swiglu(x, w, w), rtol=1e-5, atol=1e-5)
 

@@ -64,8 +64,7 @@ class CPUDecoder:
         Same contract as `LanguageModel.forward` for one text token per row: writes the new keys and
         values into `cache` and advances it."""
         k, b, past = self.kernels, tokens.shape[0], cache.length
-        if past + 1 > cache.max_len:
-            raise ValueError(f"KV cache overflow: {past + 1} tokens > max_len {cache.max_len}")
+        cache.end_after(1)  # the kernels write slot `past` directly: check it exists first
         x = self.embedding[tokens]  # [B, H]: a new tensor, the residual stream updated in place
         cos, sin = self.lm.rotary(positions, past + 1, x.dtype)
         cos, sin = cos.reshape(b, -1), sin.reshape(b, -1)  # [B, head_dim]

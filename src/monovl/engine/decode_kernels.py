@@ -39,18 +39,19 @@ from ..model.decoder import apply_rotary
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 
-# Batches above this are compute-bound: MKL's GEMM beats the native row-streaming products.
-NATIVE_MAX_ROWS = 8
+# Up to this many rows a product is bound by reading the weights; above, it is compute-bound and
+# MKL's GEMM beats both the row-split batched matmul and the native row-streaming products.
+BANDWIDTH_BOUND_ROWS = 8
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
     """x [m, in] @ weight.T + bias, with the rows of `weight` split into `blocks` products that MKL
     runs on different cores (one batched matmul over views of the weight, no copy). Rows left over
-    by an uneven split take one small extra product. More than 8 rows: plain `linear`."""
+    by an uneven split take one small extra product. More than BANDWIDTH_BOUND_ROWS rows: plain `linear`."""
     m, in_features = x.shape
     out_features = weight.shape[0]
     rows = out_features // blocks
-    if blocks == 1 or rows == 0 or m > NATIVE_MAX_ROWS:
+    if blocks == 1 or rows == 0 or m > BANDWIDTH_BOUND_ROWS:
         return F.linear(x, weight, bias)
     body = weight[: rows * blocks].view(blocks, rows, in_features).transpose(1, 2)  # [blocks, in, rows]
     y = torch.bmm(x.expand(blocks, m, in_features), body)  # [blocks, m, rows]
@@ -97,7 +98,7 @@ class TorchKernels:
 
 
 class NativeKernels:
-    """The compiled kernels (`torch.ops.monovl_decode`); batches above NATIVE_MAX_ROWS rows use
+    """The compiled kernels (`torch.ops.monovl_decode`); batches above BANDWIDTH_BOUND_ROWS rows use
     PyTorch's products."""
 
     name = "native"
@@ -107,7 +108,7 @@ class NativeKernels:
         self.torch = TorchKernels()
 
     def linear(self, x, weight, bias=None, accumulate=None):
-        if x.shape[0] > NATIVE_MAX_ROWS:
+        if x.shape[0] > BANDWIDTH_BOUND_ROWS:
             return self.torch.linear(x, weight, bias, accumulate)
         if accumulate is None:
             return self.ops.linear(x, weight, bias)
@@ -115,7 +116,7 @@ class NativeKernels:
         return accumulate
 
     def swiglu(self, x, w1, w3):
-        if x.shape[0] > NATIVE_MAX_ROWS:
+        if x.shape[0] > BANDWIDTH_BOUND_ROWS:
             return self.torch.swiglu(x, w1, w3)
         return self.ops.swiglu(x, w1, w3)
 

@@ -173,8 +173,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv, without
-        # copying K/V. (Folding the groups into the query axis for decode measures the same on CPU:
-        # benchmarks/bench_decode_attention.py.)
+        # copying K/V.
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,
                                            scale=1.0 / math.sqrt(self.head_dim), enable_gqa=self.groups > 1)
         o = o.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim)

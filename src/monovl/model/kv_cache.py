@@ -23,11 +23,16 @@ class KVCache:
     def batch_size(self) -> int:
         return self.k[0].shape[0]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write the new [B, h, T, d] keys/values after the stored ones; return views of everything so far."""
-        end = self.length + k.shape[2]
+    def end_after(self, new_tokens: int) -> int:
+        """The length once `new_tokens` more are stored; ValueError if they do not fit."""
+        end = self.length + new_tokens
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} tokens > max_len {self.max_len}")
+        return end
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new [B, h, T, d] keys/values after the stored ones; return views of everything so far."""
+        end = self.end_after(k.shape[2])
         self.k[layer][:, :, self.length:end] = k
         self.v[layer][:, :, self.length:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
