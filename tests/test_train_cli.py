@@ -72,6 +72,10 @@ def test_torchrun_fsdp2_two_processes(tiny_model_dir, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     curve = losses(out)
     assert len(curve) == 12 and sum(curve[-3:]) < sum(curve[:3])
+    # The vision diagnostics run on both ranks (their forwards are collectives) at steps 1, 10 and 12,
+    # or are skipped on both when one rank's probe batch has no image.
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "grad_norm/patch embedding" in r] == [1, 10, 12]
     state = torch.load(out / "final" / "trainer_state.pt", weights_only=False)
     assert state["world_size"] == 2
     single = MonoInternVL.from_pretrained(out / "final")  # loads in a single process

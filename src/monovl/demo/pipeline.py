@@ -95,7 +95,10 @@ def seen_word_items(out: Path, n: int, seed: int, image_size: int = 224) -> list
     positions): reading, without the extra step of spelling a never-seen word."""
     from .render import render_scene
 
-    folder = out / f"eval-seen-words-{image_size}"
+    from .world import GENERATOR_VERSION
+
+    # The version in the name: a newer generator draws other records, which must not reuse old images.
+    folder = out / f"eval-seen-words-v{GENERATOR_VERSION}-{image_size}"
     folder.mkdir(parents=True, exist_ok=True)
     items, i = [], 0
     while len(items) < n:

@@ -1,23 +1,48 @@
 """Drawing for the demo's synthetic visual world: scene metadata in, a Pillow image out.
 
 Every image is a pure function of its scene metadata (a JSON-serialisable dict,
-see :mod:`monovl.demo.world`) and the image size, so a stored sample can be
-re-rendered bit-exactly from its record (the tests do this). Geometry is stored
-as fractions of the image side, so the same scene can be drawn at any size.
+see :mod:`monovl.demo.world`) and the nominal image size, so a stored sample can
+be re-rendered bit-exactly from its record (the tests do this). Geometry is
+stored as fractions of the image, so the same scene can be drawn at any size.
+
+Canvas (keys every scene kind may have; a missing key takes the default, so
+scenes written before these keys existed draw exactly as they did):
+
+``aspect``  width / height (default 1.0), ``scale`` (default 1.0): at nominal
+            size ``size`` the image is ``round(size * scale * sqrt(aspect))``
+            pixels wide and ``round(size * scale / sqrt(aspect))`` high
+            (:func:`canvas_size`), so ``size`` stays the side of a square image
+            of the same area at scale 1. ``x`` / ``y`` are fractions of the
+            width / height; lengths (radii, font sizes) are fractions of the
+            shorter side or of ``size * scale`` as stated below.
+``bg``      one of :data:`BACKGROUNDS` (the colour captions name).
+``bg_style``
+            ``flat`` (default); ``gradient``: linear from ``bg`` to the palette
+            colour ``bg_to`` along ``bg_dir`` (``vertical``: top to bottom,
+            ``horizontal``: left to right, ``diagonal``: top left to bottom
+            right); ``noise``: ``bg`` plus per-pixel grey noise, uniform in
+            -:data:`NOISE_AMPLITUDE`..+:data:`NOISE_AMPLITUDE` per pixel, drawn
+            from ``numpy.random.RandomState(bg_seed)`` (that generator's stream
+            is frozen across numpy versions) at the output resolution.
+            Everything else is drawn over the background, so shape fills, ink
+            and bars keep their exact palette colours inside (only edges blend).
 
 Scene kinds:
 
-``shapes``  flat light background; each object ``{"shape", "color", "x", "y",
-            "r"}`` (centre and radius as fractions of the side) drawn filled with
-            a darker outline, supersampled 2x and box-filtered down so edges are
-            anti-aliased but interiors keep the exact palette colour.
+``shapes``  each object ``{"shape", "color", "x", "y", "r"}`` (centre as
+            fractions of width / height, radius ``r`` as a fraction of the
+            shorter side, so shapes keep their form at any aspect) drawn filled
+            with a darker outline, supersampled 2x and box-filtered down so
+            edges are anti-aliased but interiors keep the exact palette colour.
 ``word`` / ``number``
             one string in a DejaVu font (``font`` style key), ``size`` = font
-            pixel size / side, optionally rotated by ``angle`` degrees about its
-            centre ``(x, y)``.
+            pixel size / (``size * scale``), optionally rotated by ``angle``
+            degrees about its centre ``(x, y)``.
 ``chart``   a vertical bar chart: light grid lines for 1..9, axes, one bar per
             ``labels``/``values`` entry, the value printed above each bar and the
-            label below it.
+            label below it. Horizontal layout fractions (:data:`CHART_LAYOUT`) are
+            of the width, vertical ones of the height, font sizes of the shorter
+            side.
 
 Fonts: the DejaVu TTFs are looked up at run time (``$MONOVL_FONT_DIR``, the
 usual system font folders, then the copies matplotlib bundles); if none is
@@ -37,17 +62,24 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = [
     "BACKGROUNDS",
+    "BG_DIRECTIONS",
+    "BG_STYLES",
     "COLORS",
     "FONT_FILES",
     "FONT_STYLES",
+    "NOISE_AMPLITUDE",
     "TEXT_COLORS",
     "CHART_LAYOUT",
+    "canvas_size",
+    "chart_bar_boxes",
     "font_paths",
     "get_font",
+    "render_background",
     "render_scene",
     "text_extent",
 ]
@@ -72,6 +104,12 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "pale pink": (250, 225, 232),
 }
 
+BG_STYLES: tuple[str, ...] = ("flat", "gradient", "noise")
+BG_DIRECTIONS: tuple[str, ...] = ("vertical", "horizontal", "diagonal")
+# Grey levels added to a ``noise`` background: visible texture that stays far from every
+# shape and ink colour (the darkest background, light grey 226, stays above 210).
+NOISE_AMPLITUDE = 12
+
 # Dark ink for words and numbers.
 TEXT_COLORS: dict[str, tuple[int, int, int]] = {
     "black": (20, 20, 20),
@@ -93,7 +131,7 @@ FONT_FILES: dict[str, str] = {
 }
 FONT_STYLES: tuple[str, ...] = tuple(FONT_FILES)
 
-# Chart geometry (fractions of the side).
+# Chart geometry: left/right fractions of the width, top/bottom of the height, fonts of the shorter side.
 CHART_LAYOUT = {
     "left": 0.09,  # y axis
     "right": 0.04,
@@ -187,6 +225,46 @@ def text_extent(style: str, px: int, text: str, angle: float = 0.0) -> tuple[flo
     return w * c + h * s, w * s + h * c
 
 
+# ---------------------------------------------------------------------- canvas
+def canvas_size(meta: Mapping[str, Any], size: int) -> tuple[int, int]:
+    """(width, height) in pixels of a scene drawn at nominal size ``size`` (see the module docstring)."""
+    aspect, scale = float(meta.get("aspect", 1.0)), float(meta.get("scale", 1.0))
+    root = math.sqrt(aspect)
+    return max(1, round(size * scale * root)), max(1, round(size * scale / root))
+
+
+def render_background(meta: Mapping[str, Any], width: int, height: int) -> Image.Image:
+    """The scene's background alone, ``width`` x ``height`` pixels (``bg_style``, see the module docstring)."""
+    base = BACKGROUNDS[meta["bg"]]
+    style = meta.get("bg_style", "flat")
+    if style == "flat":
+        return Image.new("RGB", (width, height), base)
+    if style == "gradient":
+        # t runs 0 -> 1 from the top / left / top-left corner to the opposite side
+        tx = np.linspace(0.0, 1.0, width) if width > 1 else np.zeros(1)
+        ty = np.linspace(0.0, 1.0, height) if height > 1 else np.zeros(1)
+        direction = meta["bg_dir"]
+        if direction == "vertical":
+            t = np.broadcast_to(ty[:, None], (height, width))
+        elif direction == "horizontal":
+            t = np.broadcast_to(tx[None, :], (height, width))
+        elif direction == "diagonal":
+            t = (tx[None, :] + ty[:, None]) / 2
+        else:
+            raise ValueError(f"unknown gradient direction {direction!r}")
+        a, b = np.array(base, np.float64), np.array(BACKGROUNDS[meta["bg_to"]], np.float64)
+        pix = np.rint(a + (b - a) * t[..., None])
+        return Image.fromarray(pix.astype(np.uint8), "RGB")
+    if style == "noise":
+        # grey (same offset in every channel): keeps the named hue, and PNGs stay half the size
+        # of colour noise. RandomState, not default_rng: its stream is frozen across numpy versions.
+        rs = np.random.RandomState(int(meta["bg_seed"]) % 2**32)
+        noise = rs.randint(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=(height, width, 1))
+        pix = np.clip(np.array(base, np.int16) + noise, 0, 255).astype(np.uint8)
+        return Image.fromarray(pix, "RGB")
+    raise ValueError(f"unknown background style {style!r}")
+
+
 # --------------------------------------------------------------------- drawing
 def _darker(rgb: tuple[int, int, int], f: float = 0.6) -> tuple[int, int, int]:
     return tuple(int(round(v * f)) for v in rgb)  # type: ignore[return-value]
@@ -202,7 +280,8 @@ def _star_points(cx: float, cy: float, r: float, inner: float = 0.45) -> list[tu
 
 
 def shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
-    """Polygon vertices of a shape (None for a circle). All shapes fit in the circle of radius r."""
+    """Polygon vertices of a shape (None for a circle). All shapes fit in the square of half-side r
+    around (cx, cy) (the triangle's corners stick out of the circle of radius r)."""
     if shape == "square":
         h = 0.86 * r  # inside the r-box; about 94% of the circle's area
         return [(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)]
@@ -217,14 +296,20 @@ def shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
 
 def _render_shapes(meta: Mapping[str, Any], size: int) -> Image.Image:
     ss = _SUPERSAMPLE
-    big = size * ss
-    img = Image.new("RGB", (big, big), BACKGROUNDS[meta["bg"]])
+    w, h = canvas_size(meta, size)
+    if meta.get("bg_style", "flat") == "flat":
+        img = Image.new("RGB", (w * ss, h * ss), BACKGROUNDS[meta["bg"]])
+    else:
+        # the background at output resolution, each pixel repeated ss x ss: the box filter
+        # below then gives back its exact pixels wherever no shape covers them
+        img = render_background(meta, w, h).resize((w * ss, h * ss), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
-    width = max(1, round(1.5 * ss * size / 224))
+    side = min(w, h)
+    width = max(1, round(1.5 * ss * side / 224))
     for obj in meta["objects"]:
         fill = COLORS[obj["color"]]
         outline = _darker(fill)
-        cx, cy, r = obj["x"] * big, obj["y"] * big, obj["r"] * big
+        cx, cy, r = obj["x"] * w * ss, obj["y"] * h * ss, obj["r"] * side * ss
         pts = shape_outline(obj["shape"], cx, cy, r)
         if pts is None:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill, outline=outline, width=width)
@@ -259,19 +344,26 @@ def _paste_text(
 
 
 def _render_text(meta: Mapping[str, Any], size: int) -> Image.Image:
-    img = Image.new("RGB", (size, size), BACKGROUNDS[meta["bg"]])
+    w, h = canvas_size(meta, size)
+    img = render_background(meta, w, h)
+    # font size is relative to size * scale (not to the width): the sampler fitted it to the width
+    px = round(meta["size"] * size * float(meta.get("scale", 1.0)))
     _paste_text(
-        img, meta["text"], meta["font"], round(meta["size"] * size), TEXT_COLORS[meta["color"]],
-        meta["x"] * size, meta["y"] * size, float(meta.get("angle", 0.0)),
+        img, meta["text"], meta["font"], px, TEXT_COLORS[meta["color"]],
+        meta["x"] * w, meta["y"] * h, float(meta.get("angle", 0.0)),
     )
     return img
 
 
-def chart_bar_boxes(n: int, values: list[int], size: int) -> list[tuple[int, int, int, int]]:
-    """Pixel boxes (x0, y0, x1, y1) of the bars of a chart; y1 is the baseline."""
+def chart_bar_boxes(
+    n: int, values: list[int], width: int, height: int | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """Pixel boxes (x0, y0, x1, y1) of the bars of a chart drawn ``width`` x ``height`` pixels
+    (``height`` defaults to ``width``); y1 is the baseline."""
+    height = width if height is None else height
     L = CHART_LAYOUT
-    x_left, x_right = L["left"] * size, (1 - L["right"]) * size
-    y_top, y_base = L["top"] * size, (1 - L["bottom"]) * size
+    x_left, x_right = L["left"] * width, (1 - L["right"]) * width
+    y_top, y_base = L["top"] * height, (1 - L["bottom"]) * height
     unit = (y_base - y_top) / 9.0
     slot = (x_right - x_left) / n
     boxes = []
@@ -292,26 +384,28 @@ def _fit_px(style: str, px: int, text: str, max_width: float) -> int:
 def _render_chart(meta: Mapping[str, Any], size: int) -> Image.Image:
     L = CHART_LAYOUT
     bg = BACKGROUNDS[meta["bg"]]
-    img = Image.new("RGB", (size, size), bg)
+    w, h = canvas_size(meta, size)
+    side = min(w, h)
+    img = render_background(meta, w, h)
     draw = ImageDraw.Draw(img)
     labels, values = list(meta["labels"]), [int(v) for v in meta["values"]]
     n = len(values)
-    x_left, x_right = L["left"] * size, (1 - L["right"]) * size
-    y_top, y_base = L["top"] * size, (1 - L["bottom"]) * size
+    x_left, x_right = L["left"] * w, (1 - L["right"]) * w
+    y_top, y_base = L["top"] * h, (1 - L["bottom"]) * h
     unit = (y_base - y_top) / 9.0
     grid = _darker(bg, 0.9)
     for v in range(1, 10):
         y = int(round(y_base - v * unit))
         draw.line([(int(x_left), y), (int(x_right), y)], fill=grid, width=1)
     fill = COLORS[meta["bar_color"]]
-    axis_w = max(1, round(2 * size / 224))
+    axis_w = max(1, round(2 * side / 224))
     ink = TEXT_COLORS["black"]
-    vfont_px = round(L["value_font"] * size)
+    vfont_px = round(L["value_font"] * side)
     slot = (x_right - x_left) / n
     # one label size for the whole chart: the largest at which every label fits its slot
-    lpx = min(_fit_px("sans-bold", round(L["label_font"] * size), lab, slot * 0.85) for lab in labels)
+    lpx = min(_fit_px("sans-bold", round(L["label_font"] * side), lab, slot * 0.85) for lab in labels)
     _, lh = text_extent("sans-bold", lpx, "Ag")
-    for (x0, y0, x1, y1), v, lab in zip(chart_bar_boxes(n, values, size), values, labels):
+    for (x0, y0, x1, y1), v, lab in zip(chart_bar_boxes(n, values, w, h), values, labels):
         draw.rectangle([x0, y0, x1, y1], fill=fill, outline=_darker(fill), width=1)
         cx = (x0 + x1) / 2
         _, vh = text_extent("sans-bold", vfont_px, str(v))
@@ -323,7 +417,8 @@ def _render_chart(meta: Mapping[str, Any], size: int) -> Image.Image:
 
 
 def render_scene(meta: Mapping[str, Any], size: int = 224) -> Image.Image:
-    """Draw a scene (see the module docstring) as a ``size`` x ``size`` RGB image."""
+    """Draw a scene (see the module docstring) as an RGB image of :func:`canvas_size` ``(meta, size)``
+    pixels: ``size`` x ``size`` for a scene without ``aspect`` / ``scale``."""
     kind = meta["kind"]
     if kind == "shapes":
         return _render_shapes(meta, size)

@@ -34,22 +34,40 @@ image from it bit-exactly.
 
 The world
 ---------
+Every scene (all kinds) has a canvas drawn by :func:`_sample_canvas`:
+
+* ``aspect`` (width / height): log-uniform in [0.6, 1.67] for 70% of the
+  scenes, 1.0 for the rest; ``scale`` uniform in [0.75, 1.5]. At nominal size
+  ``image_size`` (224) an image is ``round(224 * scale * sqrt(aspect))`` x
+  ``round(224 * scale / sqrt(aspect))`` pixels, i.e. 130-434 px a side
+  (:func:`monovl.demo.render.canvas_size`).
+* ``bg``: one of 6 light colours (the name captions use), drawn ``bg_style``
+  ``flat`` (40%), ``gradient`` (30%: linear to another palette colour
+  ``bg_to``, ``bg_dir`` vertical / horizontal / diagonal) or ``noise`` (30%:
+  per-pixel grey noise of +-12 from ``bg_seed``). Shapes, ink and bars keep
+  their exact palette colours inside; only the background varies.
+
+Scene contents:
+
 * ``shapes``: 1-4 of {circle, square, triangle, star} in {red, green, blue,
-  yellow, purple, orange}, small or large, each inside its own cell of a 3x3
-  grid (no overlap), so every object's position is one of the 9 closed-set
-  answers ``top left, top, top right, left, center, right, bottom left, bottom,
-  bottom right``; backgrounds are 6 light flat colours.
+  yellow, purple, orange}, small (radius 0.065-0.10 of the shorter side) or
+  large (0.12-0.15), each inside its own cell of a 3x3 grid (no overlap, a
+  margin of 0.014 of the shorter side, on both axes at any aspect), so every
+  object's position is one of the 9 closed-set answers ``top left, top, top
+  right, left, center, right, bottom left, bottom, bottom right``.
 * ``word``: one of ~315 common English words (3-7 lowercase letters) in one of
   8 DejaVu styles (sans/serif/mono, bold/italic), 4 dark ink colours, font size
-  chosen so the word spans 40-90% of the width (40-80 px at 224, so the
-  lowercase x-height is >= ~21 px: about one 28 px patch per letter), rotated
-  by up to 8 degrees in half of the images.
+  chosen so the word spans 40-90% of the image's actual width (~38-80 px at
+  nominal 224 and scale 1, so the lowercase x-height is >= ~20 px: about one
+  28 px patch per letter; ``scale`` multiplies it), rotated by up to 8
+  degrees in half of the images.
 * ``number``: 1-4 digits, same fonts, larger (48-80 px).
 * ``chart``: 3-5 bars (values 1-9, value printed above each bar, label under
   it: capital letters, or 3-letter words in 20% of charts, which then have 3-4
   bars), light grid lines at 1..9.
 
-Question types (s1.3 and eval; each with 4-5 phrasings), all answered from the
+Question types (s1.3 and eval; each with 8-10 phrasings: plain, British
+"colour", imperative "Tell me ...", casual "What's ..."), all answered from the
 closed vocabulary of the world: ``count`` (total, or of one shape kind),
 ``color`` (asked about a shape kind only when exactly one object has it),
 ``shape`` (asked about a colour only when exactly one object has it),
@@ -91,25 +109,31 @@ Sizes and speed
 ---------------
 Defaults (:class:`CurriculumSizes`): s1.1 1500, s1.2 1500, s1.3 2500 (about
 360 per question type), s2 800, eval 60 per task (8 tasks, 480): ~6,800
-images of 224 px, 40 MB on disk (PNG, ``compress_level=1``, 3-6 KB each on
-flat colours). Writing them costs ~12 s of CPU time (per image: 0.1 ms to
-sample the scene and text, 0.7 ms to draw, 0.9 ms to PNG-encode); encoding runs
-in helper threads, so it overlaps drawing where a second core is free
-(measured: 13-14 s wall on a busy 2-core machine). The training stages are sized so a 135M-parameter
-LLM can see each image a few times in a ~15-minute CPU demo (the demo picks
-the sizes it uses); 60 eval samples per task give a standard error of about
-6 points on an accuracy, enough to see learning happen.
+images of nominal 224 px (68,000 pixels on average, 1.36x a 224 x 224 image),
+about 175 MB on disk (PNG, ``compress_level=1``: 4 KB on a flat background,
+8 KB on a gradient, ~80 KB on noise, which does not compress). Writing them
+costs ~27 s of CPU time (per image, measured on a busy 2-core machine: 0.1 ms
+to sample the scene and text, 1.9 ms to draw, 2.1 ms to PNG-encode); encoding
+runs in helper threads, so it overlaps drawing where a second core is free
+(version 2, square flat images: ~12 s of CPU, 40 MB). The training stages are
+sized so a 135M-parameter LLM can see each image a few times in a ~15-minute
+CPU demo (the demo picks the sizes it uses); 60 eval samples per task give a
+standard error of about 6 points on an accuracy, enough to see learning happen.
 :meth:`CurriculumSizes.quick` is a 340-image preset for tests and smoke runs.
 
 Everything random is drawn from ``random.Random("monovl-world|{seed}|{stage}|{i}")``
 (string seeds hash with SHA-512: independent of ``PYTHONHASHSEED``), one
 stream per sample, so any sample can be regenerated alone and the stages do
-not depend on each other's sizes.
+not depend on each other's sizes. The one draw outside it, a ``noise``
+background's pixels, comes from ``numpy.random.RandomState(bg_seed)`` at render
+time, with ``bg_seed`` itself drawn from the sample's stream and kept in
+``meta``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -120,7 +144,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .render import BACKGROUNDS, COLORS, FONT_STYLES, TEXT_COLORS, render_scene, text_extent
+from .render import BACKGROUNDS, BG_DIRECTIONS, COLORS, FONT_STYLES, TEXT_COLORS, render_scene, text_extent
 
 __all__ = [
     "ANSWER_SUFFIX",
@@ -147,7 +171,7 @@ __all__ = [
     "render_scene",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3  # 3: aspect/scale, gradient/noise backgrounds, wider radii, 8+ phrasings
 
 # ------------------------------------------------------------------ vocabulary
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
@@ -243,6 +267,37 @@ def _r4(x: float) -> float:
     return round(float(x), 4)
 
 
+ASPECT_RANGE = (0.6, 1.67)  # width / height, log-uniform, for ASPECT_FRACTION of the scenes
+ASPECT_FRACTION = 0.7
+SCALE_RANGE = (0.75, 1.5)  # image side / nominal side, uniform
+# Shape radius ranges (fraction of the shorter side): the largest still fits its cell's
+# narrow axis with the margin, 1/6 - 0.15 - 0.014 >= 0.
+SMALL_RADIUS = (0.065, 0.10)
+LARGE_RADIUS = (0.12, 0.15)
+_CELL_MARGIN = 0.014  # gap between an object's box and its cell's edge, fraction of the shorter side
+
+
+def _sample_canvas(rng: random.Random) -> dict:
+    """The scene keys shared by every kind: ``aspect``, ``scale``, ``bg`` and its style keys."""
+    if rng.random() < ASPECT_FRACTION:
+        lo, hi = ASPECT_RANGE
+        aspect = _r4(math.exp(rng.uniform(math.log(lo), math.log(hi))))
+    else:
+        aspect = 1.0  # square stays common: the demo's model sees square tiles
+    canvas: dict[str, Any] = {"aspect": aspect, "scale": _r4(rng.uniform(*SCALE_RANGE)), "bg": rng.choice(BG_NAMES)}
+    u = rng.random()
+    if u < 0.4:
+        canvas["bg_style"] = "flat"
+    elif u < 0.7:
+        canvas["bg_style"] = "gradient"
+        canvas["bg_to"] = rng.choice([b for b in BG_NAMES if b != canvas["bg"]])
+        canvas["bg_dir"] = rng.choice(BG_DIRECTIONS)
+    else:
+        canvas["bg_style"] = "noise"
+        canvas["bg_seed"] = rng.randrange(2**31)
+    return canvas
+
+
 def _sample_shapes(
     rng: random.Random,
     pairs: tuple[tuple[str, str], ...],
@@ -255,6 +310,11 @@ def _sample_shapes(
     ``target`` is placed first; the other objects come from ``pairs`` minus
     those ``exclude(color, shape)`` rejects (keeps the target unambiguous).
     """
+    canvas = _sample_canvas(rng)
+    aspect = canvas["aspect"]
+    # r is a fraction of the shorter side; x / y are fractions of width / height, so one unit
+    # of r is min(1, 1/aspect) of the width and min(1, aspect) of the height
+    rx, ry = min(1.0, 1.0 / aspect), min(1.0, aspect)
     n = n if n is not None else rng.randint(1, 4)
     cells = rng.sample(range(9), n)
     objs = []
@@ -262,44 +322,58 @@ def _sample_shapes(
     for k, cell in enumerate(cells):
         color, shape = target if (k == 0 and target) else rng.choice(others)
         size = rng.choice(("small", "large"))
-        r = rng.uniform(0.085, 0.105) if size == "small" else rng.uniform(0.125, 0.148)
+        r = rng.uniform(*SMALL_RADIUS) if size == "small" else rng.uniform(*LARGE_RADIUS)
         col, row = cell % 3, cell // 3
-        jitter = 1 / 6 - r - 0.014
-        x = (col + 0.5) / 3 + rng.uniform(-jitter, jitter)
-        y = (row + 0.5) / 3 + rng.uniform(-jitter, jitter)
+        # the object's box (half-side r, plus the margin) stays inside its cell of 1/3 x 1/3,
+        # on the narrow axis too (jitter >= 0 there for the largest r); one object per cell
+        # means no two objects overlap
+        jx = max(0.0, 1 / 6 - (r + _CELL_MARGIN) * rx)
+        jy = max(0.0, 1 / 6 - (r + _CELL_MARGIN) * ry)
+        x = (col + 0.5) / 3 + rng.uniform(-jx, jx)
+        y = (row + 0.5) / 3 + rng.uniform(-jy, jy)
         objs.append({"shape": shape, "color": color, "size": size, "cell": CELL_NAMES[cell],
                      "x": _r4(x), "y": _r4(y), "r": _r4(r)})
     tgt_obj = objs[0] if target else None
     objs.sort(key=lambda o: CELL_NAMES.index(o["cell"]))  # reading order
-    meta = {"kind": "shapes", "bg": rng.choice(BG_NAMES), "objects": objs}
+    meta = {"kind": "shapes", **canvas, "objects": objs}
     return meta, (objs.index(tgt_obj) if tgt_obj is not None else None)
 
 
 def _sample_text(rng: random.Random, kind: str, text: str) -> dict:
+    canvas = _sample_canvas(rng)
     style = rng.choice(FONT_STYLES)
     angle = _r4(rng.uniform(-8, 8)) if rng.random() < 0.5 else 0.0
-    S = 224  # sizes are fitted at the reference size and stored as fractions
+    # Sizes are fitted at the reference size (224 x scale 1) and stored as fractions; the
+    # reference image is W x H pixels, so the width bounds follow the actual width.
+    S = 224
+    W, H = S * math.sqrt(canvas["aspect"]), S / math.sqrt(canvas["aspect"])
     if kind == "word":
         px = rng.randint(40, 64)
         lo_width, hi_width = 0.40, 0.90
     else:
         px = rng.randint(48, 76)
         lo_width, hi_width = 0.20, 0.85
+    lo_px, hi_px = 24, 80
+
+    def fits(p: int) -> bool:  # not too wide, and not too tall for a wide, low image
+        w, h = text_extent(style, p, text, angle)
+        return w <= hi_width * W and h <= 0.85 * H
+
     w = text_extent(style, px, text, angle)[0]
-    if not lo_width * S <= w <= hi_width * S:  # rescale (text width is about linear in px), then fix up
-        goal = (hi_width if w > hi_width * S else lo_width) * S
-        px = min(max(int(px * goal / w), 24), 80)
-        while px > 24 and text_extent(style, px, text, angle)[0] > hi_width * S:
+    if not (lo_width * W <= w and fits(px)):  # rescale (text width is about linear in px), then fix up
+        goal = (hi_width if w > hi_width * W else lo_width) * W
+        px = min(max(int(px * goal / w), lo_px), hi_px)
+        while px > lo_px and not fits(px):
             px -= 1
-        while px < 80 and text_extent(style, px, text, angle)[0] < lo_width * S:
+        while px < hi_px and text_extent(style, px, text, angle)[0] < lo_width * W and fits(px + 1):
             px += 1
     w, h = text_extent(style, px, text, angle)
-    mx, my = max(0.0, (S - w) / 2 - 6), max(0.0, (S - h) / 2 - 6)
-    x = S / 2 + rng.uniform(-mx, mx)
-    y = S / 2 + rng.uniform(-my, my)
-    return {"kind": kind, "text": text, "bg": rng.choice(BG_NAMES), "font": style,
+    mx, my = max(0.0, (W - w) / 2 - 6), max(0.0, (H - h) / 2 - 6)
+    x = W / 2 + rng.uniform(-mx, mx)
+    y = H / 2 + rng.uniform(-my, my)
+    return {"kind": kind, "text": text, **canvas, "font": style,
             "color": rng.choice(INK_NAMES), "size": _r4(px / S), "angle": angle,
-            "x": _r4(x / S), "y": _r4(y / S)}
+            "x": _r4(x / W), "y": _r4(y / H)}
 
 
 def _sample_word(rng: random.Random, heldout: bool) -> dict:
@@ -315,6 +389,7 @@ def _sample_number(rng: random.Random, heldout: bool) -> dict:
 
 
 def _sample_chart(rng: random.Random) -> dict:
+    canvas = _sample_canvas(rng)
     if rng.random() < 0.2:  # word labels: at most 4 bars so the labels stay large
         n = rng.randint(3, 4)
         labels = rng.sample(_CHART_WORDS, n)
@@ -324,8 +399,7 @@ def _sample_chart(rng: random.Random) -> dict:
         if rng.random() < 0.6:
             labels.sort()
     values = [rng.randint(1, 9) for _ in range(n)]
-    return {"kind": "chart", "bg": rng.choice(BG_NAMES), "bar_color": rng.choice(COLOR_NAMES),
-            "labels": labels, "values": values}
+    return {"kind": "chart", **canvas, "bar_color": rng.choice(COLOR_NAMES), "labels": labels, "values": values}
 
 
 def _sample_any(rng: random.Random) -> dict:
@@ -485,22 +559,40 @@ class QA:
     natural: str  # a sentence
 
 
+# Phrasings (a mix of plain, British "colour", imperative and casual forms) so the model learns
+# the questions, not a handful of strings. Each must name exactly what the answer depends on
+# (a shape kind, a colour, a bar label) and nothing else from the closed vocabulary.
 _COUNT_Q = ("How many shapes are there?", "How many shapes are in the image?", "How many objects can you see?",
-            "Count the shapes in the image.", "What is the number of shapes?")
+            "Count the shapes in the image.", "What is the number of shapes?", "How many shapes do you see?",
+            "Tell me how many shapes there are.", "How many objects are in the picture?",
+            "What's the total number of shapes?", "Count the objects.")
 _COUNT_KIND_Q = ("How many {pl} are there?", "How many {pl} are in the image?", "Count the {pl}.",
-                 "What is the number of {pl}?")
+                 "What is the number of {pl}?", "How many {pl} can you see?", "Tell me how many {pl} there are.",
+                 "How many {pl} does the picture contain?", "Count how many {pl} are shown.")
 _COLOR_Q = ("What color is the {shape}?", "What is the color of the {shape}?", "Which color does the {shape} have?",
-            "The {shape} is what color?")
+            "The {shape} is what color?", "What colour is the {shape}?", "What is the colour of the {shape}?",
+            "Tell me the color of the {shape}.", "Name the colour of the {shape}.",
+            "Can you tell me the color of the {shape}?", "Which colour is the {shape}?")
 _SHAPE_Q = ("What shape is the {color} object?", "What is the shape of the {color} object?",
-            "Which shape is {color}?", "What is the {color} shape?")
+            "Which shape is {color}?", "What is the {color} shape?", "What kind of shape is the {color} one?",
+            "Tell me the shape of the {color} object.", "Name the {color} shape.",
+            "Which shape is coloured {color}?", "What's the {color} thing?")
 _POS_Q = ("Where is the {ref}?", "Where is the {ref} located?", "In which part of the image is the {ref}?",
-          "What is the position of the {ref}?")
+          "What is the position of the {ref}?", "Where's the {ref}?", "Tell me where the {ref} is.",
+          "Where can you find the {ref}?", "In what part of the picture is the {ref}?",
+          "Which part of the image contains the {ref}?")
 _WORD_Q = ("What word is written in the image?", "What does the text say?", "Which word is shown?",
-           "What is written in the image?", "What word do you see?")
+           "What is written in the image?", "What word do you see?", "Read the word in the image.",
+           "What's the word?", "Tell me what the text says.", "Which word appears in the picture?",
+           "Read the text.")
 _NUMBER_Q = ("What number is shown in the image?", "What number is written in the image?",
-             "Which number is displayed?", "What number do you see?")
+             "Which number is displayed?", "What number do you see?", "Read the number in the image.",
+             "What's the number?", "Tell me the number shown.", "Which number appears in the picture?",
+             "What number is printed here?")
 _CHART_Q = ("What is the value of bar {l}?", "What value does bar {l} show?", "How high is bar {l}?",
-            "According to the chart, what is the value of {l}?")
+            "According to the chart, what is the value of {l}?", "What's the value of bar {l}?",
+            "Tell me the value of bar {l}.", "Read off the value of bar {l}.", "How tall is bar {l}?",
+            "What number does bar {l} reach?", "In the chart, what is the value of {l}?")
 
 
 def _qa_count(meta: dict, rng: random.Random, kind_of: str | None = None) -> QA:

@@ -157,6 +157,9 @@ class Attention(nn.Module):
             self.wo_ve = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=cfg.bias)
         else:
             self.wqkv_ve = self.wo_ve = None
+        # Training diagnostics (monovl.training.diagnostics) set this to read the rotated queries and
+        # keys, q [B, heads, T, d] and k [B, kv heads, S, d], with the mask; None costs nothing.
+        self.attention_probe = None
 
     def forward(self, x: torch.Tensor, route: Route, cos: torch.Tensor, sin: torch.Tensor,
                 mask: torch.Tensor | None, causal: bool, cache: KVCache | None, layer: int) -> torch.Tensor:
@@ -172,6 +175,8 @@ class Attention(nn.Module):
         v = qkv[:, :, :, self.groups + 1].transpose(1, 2)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if self.attention_probe is not None:
+            self.attention_probe(q, k, mask, causal and mask is None)
         # enable_gqa maps query head i to kv head i // groups, the same pairing as repeat_kv, without
         # copying K/V.
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None,

@@ -48,6 +48,10 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_last: int = 0  # 0: keep every step checkpoint
     log_every: int = 1
+    # every this many steps (and at steps 0 and max_steps), log whether vision is being learned:
+    # per-group gradient norms, image vs text embedding scale, attention on image tokens, and how
+    # much the answers change when the image is swapped (monovl.training.diagnostics); 0: off
+    diag_every: int = 10
     num_workers: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -57,6 +61,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.diag_every < 0:
+            raise ValueError(f"diag_every must be >= 0, got {self.diag_every}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         self.betas = tuple(self.betas)

@@ -94,7 +94,8 @@ def apply_stage(model: nn.Module, stage: StagePreset) -> list[str]:
     return trainable
 
 
-def _group(name: str) -> str:
+def parameter_group(name: str) -> str:
+    """The group a parameter belongs to, for the summary table and the per-group gradient norms."""
     if name.startswith("vision_model"):
         return "patch embedding"
     if name.startswith("mlp1"):
@@ -120,7 +121,7 @@ def parameter_summary(model: nn.Module, new_rows: int = 0) -> str:
         if id(p) in seen:  # tied weights count once
             continue
         seen.add(id(p))
-        g = groups.setdefault(_group(n), [0, 0])
+        g = groups.setdefault(parameter_group(n), [0, 0])
         if p.requires_grad and n == EMBEDDINGS and new_rows:
             row = p.shape[1]
             g[0] += new_rows * row

@@ -23,6 +23,7 @@ from ..model.mono_internvl import MonoInternVL
 from ..processing import IMAGE_SPECIAL_TOKENS, MonoProcessor
 from .checkpoints import load_trainer_state, prune, save_checkpoint, step_checkpoints
 from .config import TrainConfig
+from .diagnostics import gradient_norms, plot_diagnostics, vision_probe
 from .distributed import DistEnv, cleanup, init_distributed, load_optimizer_state, shard_model
 from .stages import EMBEDDINGS, apply_stage, get_stage, parameter_summary
 
@@ -159,9 +160,13 @@ class Trainer:
         batches = iter(self.data)
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not env.is_main, desc=f"train {cfg.stage}",
                    unit="step", dynamic_ncols=True)
-        t_start, tokens_seen = time.perf_counter(), 0
+        t_start, tokens_seen, diag_s = time.perf_counter(), 0, 0.0
+        probe_batch = None
         while self.step < cfg.max_steps:
             micro = [next(batches) for _ in range(cfg.grad_accum)]
+            if probe_batch is None:
+                # The first batch is the fixed probe of the diagnostics, so their curves are comparable.
+                probe_batch = micro[0]
             n_sup = env.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro))
             n_tok = env.all_reduce_sum(sum(_real_tokens(b) for b in micro))
             loss_total = 0.0
@@ -173,6 +178,9 @@ class Trainer:
                 loss_total += loss_sum.item()
             if self.row_mask is not None:
                 _mask_embedding_grads(self.model, self.row_mask)
+            done = self.step + 1
+            diag = cfg.diag_every > 0 and (done == 1 or done % cfg.diag_every == 0 or done == cfg.max_steps)
+            diagnostics = gradient_norms(self.model) if diag else {}
             params = [p for p in self.model.parameters() if p.requires_grad]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad if cfg.clip_grad > 0 else float("inf"))
             grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
@@ -183,13 +191,20 @@ class Trainer:
             self.step += 1
             loss = env.all_reduce_sum(loss_total) / max(n_sup, 1)
             tokens_seen += n_tok
-            elapsed = time.perf_counter() - t_start
+            if diag:
+                # Every rank runs the probe (its forward is collective under FSDP2); the main one writes.
+                t = time.perf_counter()
+                diagnostics.update(vision_probe(self.model, probe_batch, env.device, self.processor.image_token_id,
+                                                self.autocast, agree=lambda flag: env.all_reduce_sum(int(flag))
+                                                == env.world_size))
+                diag_s += time.perf_counter() - t
+            elapsed = time.perf_counter() - t_start - diag_s  # training time: the probes are not counted
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_seen / elapsed:.0f}")
-            if env.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps):
+            if env.is_main and (self.step % cfg.log_every == 0 or self.step == cfg.max_steps or diag):
                 record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                           "tokens": n_tok, "supervised_tokens": n_sup,
-                          "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed}
+                          "tokens_per_s": tokens_seen / elapsed, "elapsed_s": elapsed, **diagnostics}
                 with metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
             if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
@@ -198,6 +213,7 @@ class Trainer:
         final = self.save("final")
         if env.is_main:
             plot_loss(metrics_path, self.out / "loss.png")
+            plot_diagnostics(metrics_path, self.out / "vision.png")
             stats = getattr(self.data, "stats", None)
             if stats is not None:
                 print(stats.report() if hasattr(stats, "report") else stats)
@@ -212,6 +228,7 @@ class Trainer:
         if self.env.is_main:
             prune(self.out, self.cfg.keep_last)
             plot_loss(self.out / "metrics.jsonl", self.out / "loss.png")
+            plot_diagnostics(self.out / "metrics.jsonl", self.out / "vision.png")
         return path
 
 
@@ -276,7 +293,7 @@ def plot_loss(metrics: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [r for line in metrics.read_text().splitlines() if line.strip() and "loss" in (r := json.loads(line))]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)

