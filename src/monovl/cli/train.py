@@ -12,6 +12,7 @@ FLAGS = {
     "stage": str, "model": str, "data": str, "out": str, "max_steps": int, "save_every": int,
     "batch_size": int, "grad_accum": int, "lr": float, "warmup_steps": int, "seed": int, "max_length": int,
     "max_tiles": int, "pack_tokens": int, "keep_last": int, "weight_decay": float, "clip_grad": float,
+    "diag_every": int,
 }
 
 
