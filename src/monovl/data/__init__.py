@@ -22,6 +22,7 @@ from .packing import (
     collate_padded,
     lm_loss,
     num_supervised,
+    supervised_positions,
 )
 from .records import (
     CAPTION_PROMPTS,

@@ -50,6 +50,7 @@ __all__ = [
     "collate_padded",
     "lm_loss",
     "num_supervised",
+    "supervised_positions",
 ]
 
 _META_KEYS = ("data_state", "data_stats")
@@ -78,6 +79,14 @@ def lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean")
 def num_supervised(labels: torch.Tensor) -> int:
     """Number of tokens :func:`lm_loss` averages over."""
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] bool of the positions whose *next* token is supervised, and those tokens [N] (the shift
+    of :func:`lm_loss`): the logits worth computing, and their targets."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep, labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
 
 
 # ---------------------------------------------------------------------- collation

@@ -297,12 +297,9 @@ def shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
 def _render_shapes(meta: Mapping[str, Any], size: int) -> Image.Image:
     ss = _SUPERSAMPLE
     w, h = canvas_size(meta, size)
-    if meta.get("bg_style", "flat") == "flat":
-        img = Image.new("RGB", (w * ss, h * ss), BACKGROUNDS[meta["bg"]])
-    else:
-        # the background at output resolution, each pixel repeated ss x ss: the box filter
-        # below then gives back its exact pixels wherever no shape covers them
-        img = render_background(meta, w, h).resize((w * ss, h * ss), Image.Resampling.NEAREST)
+    # the background at output resolution, each pixel repeated ss x ss: the box filter below then
+    # gives back its exact pixels wherever no shape covers them
+    img = render_background(meta, w, h).resize((w * ss, h * ss), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     side = min(w, h)
     width = max(1, round(1.5 * ss * side / 224))

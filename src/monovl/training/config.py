@@ -48,7 +48,7 @@ class TrainConfig:
     save_every: int = 0  # 0: only at the end
     keep_last: int = 0  # 0: keep every step checkpoint
     log_every: int = 1
-    # every this many steps (and at steps 0 and max_steps), log whether vision is being learned:
+    # every this many steps (and at step 1 and max_steps), log whether vision is being learned:
     # per-group gradient norms, image vs text embedding scale, attention on image tokens, and how
     # much the answers change when the image is swapped (monovl.training.diagnostics); 0: off
     diag_every: int = 10

@@ -33,9 +33,8 @@ from typing import Callable
 
 import torch
 
+from ..data.packing import supervised_positions
 from .stages import parameter_group
-
-IGNORE = -100
 
 
 def gradient_norms(model: torch.nn.Module) -> dict[str, float]:
@@ -52,27 +51,21 @@ def gradient_norms(model: torch.nn.Module) -> dict[str, float]:
     return {k: v**0.5 for k, v in sums.items()}
 
 
-def _core(model: torch.nn.Module):
-    return getattr(model, "module", model)
-
-
 class _Capture:
     """Forward hooks on the embedding table and `mlp1`, and attention probes on every layer."""
 
-    def __init__(self, model: torch.nn.Module, queries: torch.Tensor | None, image_keys: torch.Tensor | None):
-        core = _core(model)
+    def __init__(self, model: torch.nn.Module, queries: tuple[torch.Tensor, torch.Tensor], image_keys: torch.Tensor):
         self.text: torch.Tensor | None = None
         self.image: torch.Tensor | None = None
         self.mass: list[float] = []
         self.queries, self.image_keys = queries, image_keys
         self.handles = [
-            core.language_model.model.tok_embeddings.register_forward_hook(self._text),
-            core.mlp1.register_forward_hook(self._image),
+            model.language_model.model.tok_embeddings.register_forward_hook(self._text),
+            model.mlp1.register_forward_hook(self._image),
         ]
-        self.attentions = [layer.attention for layer in core.language_model.model.layers]
-        if queries is not None:
-            for att in self.attentions:
-                att.attention_probe = self._attention
+        self.attentions = [layer.attention for layer in model.language_model.model.layers]
+        for att in self.attentions:
+            att.attention_probe = self._attention
 
     def _text(self, module, args, out):
         self.text = out.detach()
@@ -102,12 +95,6 @@ class _Capture:
             h.remove()
         for att in self.attentions:
             att.attention_probe = None
-
-
-def _answer_positions(labels: torch.Tensor) -> torch.Tensor:
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE
-    return keep
 
 
 def _rolled_images(batch: dict, image_token_id: int) -> torch.Tensor | None:
@@ -140,8 +127,7 @@ def vision_probe(model: torch.nn.Module, batch: dict, device: torch.device, imag
     pixels = batch.get("pixel_values")
     if not agree(pixels is not None and bool((ids == image_token_id).any())):
         return {}
-    keep = _answer_positions(labels)
-    targets = labels[:, 1:][labels[:, 1:] != IGNORE]
+    keep, targets = supervised_positions(labels)
     kwargs = {k: batch[k].to(device) for k in ("attention_mask", "position_ids", "segment_ids")
               if batch.get(k) is not None}
     image_keys = (ids == image_token_id).float()

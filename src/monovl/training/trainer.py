@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..data.packing import num_supervised, supervised_positions
 from ..model.mono_internvl import MonoInternVL
 from ..processing import IMAGE_SPECIAL_TOKENS, MonoProcessor
 from .checkpoints import load_trainer_state, prune, save_checkpoint, step_checkpoints
@@ -26,9 +27,6 @@ from .config import TrainConfig
 from .diagnostics import gradient_norms, plot_diagnostics, vision_probe
 from .distributed import DistEnv, cleanup, init_distributed, load_optimizer_state, shard_model
 from .stages import EMBEDDINGS, apply_stage, get_stage, parameter_summary
-
-IGNORE = -100
-
 
 def lr_lambda(cfg: TrainConfig):
     """Linear warm-up, then cosine decay from lr to lr * min_lr_ratio at max_steps."""
@@ -79,13 +77,6 @@ def _mask_embedding_grads(model: torch.nn.Module, mask: torch.Tensor) -> None:
     else:
         full = full.to(p.grad.device)
     p.grad.mul_(full)
-
-
-def supervised_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions whose *next* token is supervised, and those next tokens (the shift of causal LM loss)."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE
-    return keep, labels[:, 1:][labels[:, 1:] != IGNORE]
 
 
 def batch_loss_sum(model: torch.nn.Module, batch: dict, device: torch.device, autocast) -> torch.Tensor:
@@ -167,7 +158,7 @@ class Trainer:
             if probe_batch is None:
                 # The first batch is the fixed probe of the diagnostics, so their curves are comparable.
                 probe_batch = micro[0]
-            n_sup = env.all_reduce_sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for b in micro))
+            n_sup = env.all_reduce_sum(sum(num_supervised(b["labels"]) for b in micro))
             n_tok = env.all_reduce_sum(sum(_real_tokens(b) for b in micro))
             loss_total = 0.0
             for b in micro:
@@ -293,7 +284,7 @@ def plot_loss(metrics: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for line in metrics.read_text().splitlines() if line.strip() and "loss" in (r := json.loads(line))]
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
