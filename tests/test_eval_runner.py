@@ -140,6 +140,24 @@ def test_interrupted_run_resumes_with_each_row_once(model_dir, vqa_tsv, tmp_path
     assert "2" not in {e["index"] for e in fresh.scores["image_errors"]}
 
 
+def test_a_row_the_processor_refuses_does_not_stop_the_run(model_dir, tmp_path):
+    from monovl import MonoInternVL
+    from monovl.eval.runner import ModelPredictor
+    from monovl.processing import MonoProcessor
+
+    red = b64_png((220, 20, 20))
+    path = tmp_path / "img_tag.tsv"
+    write_tsv(path, ["index", "image", "question", "answer"],
+              [{"index": i, "image": red, "question": q, "answer": "['red']"}
+               for i, q in enumerate(["What colour?", "What is <img> in HTML?", "Red?"])])
+    predictor = ModelPredictor(MonoInternVL.from_pretrained(model_dir), MonoProcessor.from_pretrained(model_dir),
+                               max_new_tokens=2, max_tiles=1)
+    result = run_benchmark(predictor, path, "textvqa", tmp_path / "run", batch_size=3, progress=False)
+    assert indices(result.predictions_path) == ["0", "1", "2"] and result.scores["complete"] is True
+    # Refused (today's processor) or answered as literal text: either way only row 1 may have an error.
+    assert {e["index"] for e in result.scores["errors"]} <= {"1"}
+
+
 def test_resume_skips_done_rows_and_limit(vqa_tsv, tmp_path):
     calls: list[str] = []
 
@@ -203,7 +221,7 @@ def test_tsv_reading_edge_cases(tmp_path):
     with pytest.raises(ImageDecodeError, match="not a readable image"):
         ImageResolver([{"index": "0", "image": BAD_IMAGE}]).images({"image": BAD_IMAGE})
     rgba = ImageResolver([]).images({"image": b64_png((1, 2, 3), mode="RGBA")})[0]
-    assert rgba.mode == "RGB"
+    assert rgba.mode == "RGBA"  # decoded as stored: the processor makes it RGB, as its settings say
 
     with pytest.raises(ValueError, match=r"lacks column\(s\) \['category'\] required by ocrbench"):
         require_columns(table, ["index", "category"], "ocrbench")
@@ -371,6 +389,7 @@ def test_requests_carry_prompts_and_images(vqa_tsv, tmp_path):
 
     run_benchmark(predictor, vqa_tsv, "caption", tmp_path / "c", batch_size=8, limit=3, progress=False)
     assert [r.prompt for r in seen] == [CAPTION_PROMPT] * 3
-    assert all(len(r.images) == 1 and r.images[0].mode == "RGB" for r in seen)
+    assert [len(r.images) for r in seen] == [1, 1, 1]
+    assert [r.images[0].mode for r in seen] == ["RGB", "RGBA", "RGB"]  # row 1 is an RGBA PNG, decoded as stored
     # Row 2 points at row 0: the same pixels.
     assert seen[2].images[0].tobytes() == seen[0].images[0].tobytes()

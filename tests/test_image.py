@@ -197,7 +197,8 @@ def test_load_image_converts_to_rgb(tmp_path):
     Image.new("RGBA", (5, 4), (1, 2, 3, 0)).save(path)
     image = load_image(path)
     assert image.mode == "RGB" and image.size == (5, 4)
-    assert image.getpixel((0, 0)) == (1, 2, 3)  # alpha dropped, not composited
+    assert image.getpixel((0, 0)) == (255, 255, 255)  # fully transparent: composited onto white
+    assert load_image(path, official_convert=True).getpixel((0, 0)) == (1, 2, 3)  # official: alpha dropped
     assert load_image(str(path)).size == (5, 4)
     assert load_image(Image.new("P", (3, 3))).mode == "RGB"
 

@@ -217,7 +217,7 @@ def test_anls_threshold_keeps_exactly_half() -> None:
 def test_anls_min_over_answers_and_empty() -> None:
     # best GT "abcd": lev("abce","abcd") = 1 / 4 -> 0.75 ("foo" gives NL 4/4)
     assert anls_score("abce", ["foo", "abcd"]) == 0.75
-    assert anls_score("", [""]) == 1.0  # both empty -> NL = 0
+    assert anls_score("", [""]) == 0.0  # an empty prediction scores 0, even against an empty GT
     assert anls_score("abc", [""]) == 0.0  # NL = 3/3 = 1 -> s = 0
     with pytest.raises(ValueError):
         anls_score("x", [])

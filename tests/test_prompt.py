@@ -8,8 +8,10 @@ from monovl.processing import (
     ChatTemplate,
     INTERNLM2_SYSTEM_MESSAGE,
     SeparatorStyle,
+    assistant_spans,
     available_templates,
     build_prompt,
+    chat_messages,
     get_template,
     image_block,
     register_template,
@@ -190,19 +192,22 @@ def test_smollm2_golden_string():
 
 
 @pytest.mark.parametrize("name", ["internlm2-chat", "chatml", "smollm2"])
-def test_render_segments_join_to_render(name):
+def test_assistant_spans_are_the_answers_with_their_separator(name):
     template = get_template(name)
     history = [("<img>x</img>\nq1", "a1"), ("q2", "a2")]
-    for question, gen in [(None, True), ("q3", True), ("q3", False), ("", True)]:
-        segments = template.render_segments(history, question, system_message="S", add_generation_prompt=gen)
-        assert "".join(t for t, _ in segments) == template.render(history, question, "S", gen)
-    segments = template.render_segments(history, system_message="S")
-    assert [t for t, trainable in segments if trainable] == ["a1" + template.sep, "a2" + template.sep]
-    assert segments[0] == ("<|im_start|>system\nS" + template.sep, False)
-    assert segments[1:4] == [
-        (template.roles[0] + "<img>x</img>\nq1" + template.sep, False),
-        (template.roles[1], False),
-        ("a1" + template.sep, True),
-    ]
+    messages = chat_messages(history, system_message="S")
+    assert template.render_messages(messages) == template.render(history, system_message="S")
+    for question, gen in [("q3", True), ("q3", False), ("", True)]:
+        assert template.render_messages(chat_messages(history, question, "S"), gen) == template.render(
+            history, question, "S", gen)
+    full, spans = assistant_spans(template, messages)
+    assert full == template.render(history, system_message="S")
+    assert [full[a:b] for a, b in spans] == ["a1" + template.sep, "a2" + template.sep]
+    # Everything before the first answer is untrained, the assistant header included.
+    assert full[: spans[0][0]] == ("<|im_start|>system\nS" + template.sep + template.roles[0] + "<img>x</img>\nq1"
+                                   + template.sep + template.roles[1])
     # An empty answer leaves only the bare header (untrained).
-    assert template.render_segments([("q", "")], system_message="S")[-1] == (template.roles[1], False)
+    full, spans = assistant_spans(template, chat_messages([("q", "")], system_message="S"))
+    assert full.endswith(template.roles[1]) and spans == [(len(full), len(full))]
+    with pytest.raises(ValueError, match="alternating"):
+        template.render_messages([{"role": "assistant", "content": "a"}])

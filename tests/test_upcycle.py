@@ -41,7 +41,7 @@ from monovl.cli import upcycle as upcycle_cli
 from monovl.model.config import MonoConfig, VisionConfig
 from monovl.processing import IMAGE_SPECIAL_TOKENS, MonoProcessor, Tokenizer, train_tiny_tokenizer
 from monovl.processing.hf_tokenizer import HFTokenizer
-from test_hf_tokenizer import SMOLLM_TEMPLATE, make_bpe_tokenizer, smollm2_gguf, write_gguf_tokenizer
+from test_hf_tokenizer import CHATML_TEMPLATE, SMOLLM_TEMPLATE, make_bpe_tokenizer, smollm2_gguf, write_gguf_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -122,10 +122,10 @@ def test_llama_text_logits_and_greedy_tokens_match_transformers(tmp_path, tokdir
         vocab = len(HFTokenizer.from_pretrained(tokdirs["smollm"]))
         ref = hf_checkpoint(tmp_path / "base", "llama", tokdirs["smollm"], tie=True, vocab=vocab, seed=2)
         result = upcycle(tmp_path / "base", tmp_path / "mono", image_size=IMG, vision_hidden=DV)
-        assert result.template == "smollm2"  # detected from the chat template's SmolLM system message
+        assert result.template == "jinja"  # the source's chat template is kept
     else:
         ref, _, result = llama_case
-        assert result.template == "chatml"
+        assert result.template == "jinja"
     model = MonoInternVL.from_pretrained(result.out)
     processor = MonoProcessor.from_pretrained(result.out)
     ids = processor(TEXT)["input_ids"]
@@ -144,7 +144,7 @@ def test_qwen2_with_qkv_bias_and_padded_vocab_matches_transformers(tmp_path, tok
                         rope_theta=1e6)
     assert ref.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
     result = upcycle(tmp_path / "base", tmp_path / "mono", image_size=IMG, vision_hidden=DV, attention_experts=True)
-    assert result.template == "chatml" and result.family == "qwen2"
+    assert result.template == "jinja" and result.family == "qwen2"
     assert result.vocab_before == result.vocab_after == vocab  # padding rows reused, none added
     assert result.new_tokens == {t: tok_len + i for i, t in enumerate(IMAGE_SPECIAL_TOKENS)}
     model = MonoInternVL.from_pretrained(result.out)
@@ -257,7 +257,8 @@ def test_upcycled_model_invariants(llama_case):
     tok = HFTokenizer.from_pretrained(result.out)
     llm = model.language_model
     n_old = ref.config.vocab_size
-    assert model.config.version == "v1.5" and model.config.template == "chatml"
+    assert model.config.version == "v1.5" and model.config.template == "jinja"
+    assert json.loads((result.out / "tokenizer_config.json").read_text())["chat_template"] == CHATML_TEMPLATE
     assert model.config.vision.hidden_size == DV and model.config.num_image_token == 4
     # Image tokens appended in order after the existing vocabulary; <IMG_CONTEXT> found by from_pretrained.
     assert [tok.token_to_id(t) for t in IMAGE_SPECIAL_TOKENS] == list(range(n_old, n_old + 9))
@@ -492,7 +493,7 @@ def test_tiny_gguf_matches_transformers_gguf_loader(tmp_path, tokdirs):
     write_llama_gguf(gguf_path, hf, tokdirs["chatml"])
     ref = transformers.AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name).eval()
     result = upcycle(gguf_path, tmp_path / "mono", image_size=IMG, vision_hidden=DV)
-    assert result.family == "gguf-llama" and result.template == "chatml"
+    assert result.family == "gguf-llama" and result.template == "jinja"  # the GGUF's tokenizer.chat_template
     model = MonoInternVL.from_pretrained(result.out)
     ids = MonoProcessor.from_pretrained(result.out)(TEXT)["input_ids"]
     with torch.no_grad():
@@ -533,11 +534,11 @@ def smollm2_upcycled(tmp_path_factory):
 def test_smollm2_gguf_greedy_tokens_match_transformers(smollm2_upcycled):
     pytest.importorskip("accelerate")
     path, result = smollm2_upcycled
-    assert result.family == "gguf-llama" and result.template == "smollm2"
+    assert result.family == "gguf-llama" and result.template == "jinja"
     assert result.vocab_before == 49152 and result.image_token_id == 49154 and result.vision_hidden == 640
     model = MonoInternVL.from_pretrained(result.out)
     processor = MonoProcessor.from_pretrained(result.out)
-    assert processor.template.name == "smollm2"
+    assert processor.template.name == "jinja" and processor.template.end_of_turn == "<|im_end|>"
     inputs = processor("What is the capital of France? Answer in one sentence.")
     assert inputs["prompt"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
     ids = inputs["input_ids"]

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from ..model.config import LLMConfig
+from ..model.config import LLMConfig, read_rope
 from .safetensors_io import CheckpointError, iter_tensors, weight_files
 
 __all__ = [
@@ -203,20 +203,11 @@ def _first_id(value: Any) -> int | None:
 
 def _rope(cfg: dict[str, Any], where: str) -> tuple[float, dict | None]:
     """(rope_theta, rope_scaling) from transformers 4.x (`rope_theta`, `rope_scaling`) or 5.x
-    (`rope_parameters`) configs. Only `linear` and `dynamic` scaling exist in our decoder."""
-    params = cfg.get("rope_parameters") or {}
-    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
-    scaling = cfg.get("rope_scaling") or (params if params.get("rope_type", "default") != "default" else None)
-    if not scaling:
-        return float(theta), None
-    kind = scaling.get("rope_type", scaling.get("type"))
-    if kind in (None, "default"):
-        return float(theta), None
-    if kind not in ("linear", "dynamic"):
-        raise CheckpointError(
-            f"{where}: RoPE scaling {kind!r} is not supported by monovl's decoder (only 'linear' and 'dynamic')"
-        )
-    return float(theta), {"type": kind, "factor": float(scaling["factor"])}
+    (`rope_parameters`) configs, read by the same rule as Mono configs (`model.config.read_rope`)."""
+    try:
+        return read_rope(cfg, 10000.0)  # transformers' default base when a config names none
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
 
 
 def _hf_llm_config(cfg: dict[str, Any], where: str, *, bias: bool = False, qkv_bias: bool = False,

@@ -27,6 +27,14 @@ What is added to the LM, and how it starts:
 Text-only inputs run exactly the text path of the base LM, so their logits are bit-identical to the
 base LM's through our decoder (tests/test_upcycle.py checks this, and parity with transformers).
 
+Chat template: a source with a Jinja chat template (``chat_template.jinja``, ``tokenizer_config.json``
+``chat_template``, or a GGUF's ``tokenizer.chat_template``) keeps it: the output holds it as
+``tokenizer_config.json`` ``chat_template`` and ``config.json`` says ``template: "jinja"``, so ``monovl chat``
+renders what transformers renders for the source. ``chat_template=FILE`` replaces it; ``template=NAME`` picks a
+built-in template instead. A source without one gets the built-in template detected from its
+tokens (``internlm2-chat``, ``chatml``, ``smollm2``). The source's ``generation_config.json`` (its EOS
+ids are stop tokens) is copied.
+
 The output directory holds ``config.json`` (with ``template`` and ``img_context_token_id``), the
 weights, the tokenizer files, and ``upcycle.json``: the source's fingerprint (file names, sizes and
 mtimes) plus the options. A later :func:`upcycle` with the same source and options reuses the
@@ -36,8 +44,10 @@ directory instead of converting again (``force=True`` redoes it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +57,7 @@ import torch
 
 from ..model.config import MonoConfig, VisionConfig
 from ..model.mono_internvl import IMG_CONTEXT, MonoInternVL
+from ..processing.chat_template import CHECKPOINT_TEMPLATE, TEMPLATE_FILE, JinjaChatTemplate, read_chat_template
 from ..processing.tokenizer import IMAGE_SPECIAL_TOKENS
 from .llm_sources import PREFIX, LLMSource, _layer_keys, fingerprint, read_llm, resolve_source
 
@@ -59,7 +70,8 @@ INIT_STD = 0.02
 # Files an upcycle writes; cleared before a re-conversion so no stale file (say, a sentencepiece
 # tokenizer.model next to a new tokenizer.json) survives.
 _OWNED = ["config.json", "model.safetensors", "model.safetensors.index.json", "tokenizer.json",
-          "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", MANIFEST]
+          "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+          TEMPLATE_FILE, "generation_config.json", MANIFEST]
 
 
 @dataclass
@@ -89,6 +101,24 @@ def default_vision_hidden(llm_hidden: int, patch_size: int = 14) -> int:
     return max(llm_hidden // 2, floor)
 
 
+def source_chat_template(source_path: Path, tokenizer: Any = None) -> str | None:
+    """The Jinja chat template a source carries: a directory's (``chat_template.jinja``, else
+    ``tokenizer_config.json``), or a GGUF file's ``tokenizer.chat_template`` (read by its tokenizer)."""
+    if source_path.is_dir():
+        return read_chat_template(source_path)
+    return getattr(tokenizer, "chat_template", None)
+
+
+def _check_jinja(source: str, tokenizer: Any, where: str) -> JinjaChatTemplate:
+    try:
+        template = JinjaChatTemplate(source, tokenizer)
+        template.render_messages([{"role": "user", "content": "Hi"}])
+    except ValueError as e:
+        raise ValueError(f"the chat template of {where} cannot be used: {e}; "
+                         "pass --chat-template or --template") from None
+    return template
+
+
 def _check_template(name: str, tokenizer: Any, explicit: bool) -> str | None:
     """Validate a template name against the registry and the tokenizer; returns a note or None."""
     from ..processing.prompt import available_templates, get_template
@@ -114,24 +144,38 @@ def upcycle_model(
     vision_hidden: int | None = None,
     downsample_ratio: float = 0.5,
     template: str | None = None,
+    chat_template: str | None = None,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
 ) -> tuple[MonoInternVL, Any, dict[str, Any]]:
     """Build the monolithic model in memory from a read source.
 
-    Returns (model, tokenizer with the image tokens, info). ``source.tokenizer`` is extended in place.
+    ``template`` names a built-in chat template; ``chat_template`` is Jinja text that replaces the
+    source's own (at most one of the two). Returns (model, tokenizer with the image tokens, info);
+    ``info["chat_template"]`` is the Jinja text the output keeps, or None. ``source.tokenizer`` is
+    extended in place.
     """
     notes: list[str] = list(source.notes)
     tokenizer = source.tokenizer
+    if template is not None and chat_template is not None:
+        raise ValueError("give either a built-in template name (--template) or a template file (--chat-template)")
     explicit = template is not None
-    template = template or source.template
+    jinja = chat_template if chat_template is not None else source_chat_template(source.path, tokenizer)
+    template = template or (CHECKPOINT_TEMPLATE if jinja is not None else source.template)
     if template is None:
         raise ValueError(
-            f"cannot tell which chat template {source.path} uses (no ChatML/InternLM2 markers); pass --template"
+            f"{source.path} has no chat template and no ChatML/InternLM2 tokens to infer one from; "
+            "pass --template or --chat-template"
         )
-    note = _check_template(template, tokenizer, explicit)
-    if note:
-        notes.append(note)
+    if template == CHECKPOINT_TEMPLATE:
+        if not _check_jinja(jinja, tokenizer, str(source.path)).stop_token_ids(tokenizer) \
+                and tokenizer.eos_token_id is None:
+            notes.append("the chat template has no end-of-turn token and the tokenizer no EOS: "
+                         "generation stops only at max_new_tokens")
+    else:
+        note = _check_template(template, tokenizer, explicit)
+        if note:
+            notes.append(note)
 
     state = dict(source.state)
     embed_key, out_key = PREFIX + "model.tok_embeddings.weight", PREFIX + "output.weight"
@@ -212,15 +256,17 @@ def upcycle_model(
             raise RuntimeError(f"buffer {name} was left uninitialised")
     model.image_token_id = tokenizer.token_to_id(IMG_CONTEXT)
     info = {"template": template, "vision_hidden": dv, "vocab_before": rows, "vocab_after": vocab,
-            "new_tokens": new_tokens, "notes": notes}
+            "new_tokens": new_tokens, "notes": notes, "chat_template": jinja}
     return model.eval(), tokenizer, info
 
 
 def _options(attention_experts: bool, image_size: int, vision_hidden: int | None, template: str | None,
-             seed: int, dtype: Any) -> dict[str, Any]:
+             seed: int, dtype: Any, chat_template: str | None) -> dict[str, Any]:
+    # The Jinja text is hashed here because the source fingerprint does not cover chat_template.jinja.
+    digest = None if chat_template is None else hashlib.sha256(chat_template.encode()).hexdigest()
     return {"format": FORMAT_VERSION, "attention_experts": bool(attention_experts), "image_size": int(image_size),
             "vision_hidden": vision_hidden, "template": template, "seed": int(seed),
-            "dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "chat_template": digest}
 
 
 def _cached(out: Path, source: Path, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -246,6 +292,7 @@ def upcycle(
     image_size: int = 448,
     vision_hidden: int | None = None,
     template: str | None = None,
+    chat_template: str | os.PathLike | None = None,
     seed: int = 0,
     dtype: str | torch.dtype | None = None,
     force: bool = False,
@@ -253,14 +300,22 @@ def upcycle(
 ) -> UpcycleResult:
     """Convert ``llm`` (HF directory, ``.gguf`` file or ``pkg:NAME``) into a monolithic model at ``out``.
 
-    An ``out`` written by an earlier call with the same source (same files, sizes and mtimes) and
-    the same options is reused as is unless ``force``. An existing non-empty ``out`` that is not an
-    upcycle output is never overwritten without ``force``.
+    ``chat_template`` is a Jinja file that replaces the source's chat template; ``template`` a
+    built-in template name (see the module docstring). An ``out`` written by an earlier call with
+    the same source (same files, sizes and mtimes) and the same options is reused as is unless
+    ``force``. An existing non-empty ``out`` that is not an upcycle output is never overwritten
+    without ``force``.
     """
     t0 = time.perf_counter()
     source_path = resolve_source(llm)
     out = Path(out)
-    options = _options(attention_experts, image_size, vision_hidden, template, seed, dtype)
+    override = None
+    if chat_template is not None:
+        if not Path(chat_template).is_file():
+            raise FileNotFoundError(f"chat template file {chat_template} does not exist")
+        override = Path(chat_template).read_text(encoding="utf-8")
+    jinja = override if override is not None else (read_chat_template(source_path) if source_path.is_dir() else None)
+    options = _options(attention_experts, image_size, vision_hidden, template, seed, dtype, jinja)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     if not force:
@@ -276,7 +331,7 @@ def upcycle(
     source = read_llm(source_path)
     model, tokenizer, info = upcycle_model(
         source, attention_experts=attention_experts, image_size=image_size, vision_hidden=vision_hidden,
-        template=template, seed=seed, dtype=dtype,
+        template=template, chat_template=override, seed=seed, dtype=dtype,
     )
     out.mkdir(parents=True, exist_ok=True)
     for name in _OWNED:
@@ -285,6 +340,16 @@ def upcycle(
         shard.unlink()
     model.save_pretrained(out, max_shard_bytes=max_shard_bytes)
     tokenizer.save_pretrained(out)
+    if info["chat_template"] is not None:
+        # Stored as tokenizer_config.json `chat_template` (read by transformers 4 and 5 alike) rather than
+        # chat_template.jinja: that file travels with every copy of the tokenizer files, training
+        # checkpoints included.
+        config_path = out / "tokenizer_config.json"
+        tok_config = json.loads(config_path.read_text(encoding="utf-8"))
+        tok_config["chat_template"] = info["chat_template"]
+        config_path.write_text(json.dumps(tok_config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if source_path.is_dir() and (source_path / "generation_config.json").is_file():
+        shutil.copyfile(source_path / "generation_config.json", out / "generation_config.json")
     manifest = {
         "source": str(source_path),
         "source_name": source.name,

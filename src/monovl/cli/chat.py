@@ -7,14 +7,20 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..engine import Engine, SamplingParams
+from ..engine import ContextLengthError, Engine, SamplingParams
+from ..engine.generate import context_limit
 from ..model.mono_internvl import MonoInternVL
 from ..processing import MonoProcessor
+
+# New tokens per answer when --max-new-tokens is not given, capped at the room left in the model.
+DEFAULT_MAX_NEW_TOKENS = 512
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"default: {DEFAULT_MAX_NEW_TOKENS}, or fewer when the model has less room left "
+                        "after the prompt; a larger value than fits is an error")
     g.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -33,24 +39,40 @@ class ChatSession:
 
     def __init__(self, model: MonoInternVL, processor: MonoProcessor, images: Sequence[str] = (),
                  system_message: str | None = None, max_tiles: int | None = None,
-                 sampling: SamplingParams | None = None, max_new_tokens: int = 512):
+                 sampling: SamplingParams | None = None, max_new_tokens: int | None = None):
         self.model, self.processor = model, processor
         self.engine = Engine(model)
         self.images = list(images)
         self.system_message = system_message
         self.max_tiles = max_tiles
         self.sampling = sampling or SamplingParams()
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = max_new_tokens  # None: DEFAULT_MAX_NEW_TOKENS, capped at the room left
         self.history: list[tuple[str, str]] = []
 
+    def new_token_budget(self, prompt_len: int) -> int:
+        """The given max_new_tokens, or the default capped at the positions left after the prompt.
+
+        An explicit value is kept as it is: if it does not fit, generation raises ContextLengthError.
+        With no room left at all the default becomes 1, so that error names the prompt's length.
+        """
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        limit = context_limit(self.model.config.llm)
+        return DEFAULT_MAX_NEW_TOKENS if limit is None else max(1, min(DEFAULT_MAX_NEW_TOKENS, limit - prompt_len))
+
     def ask(self, question: str, on_text: Callable[[str], None] | None = None) -> str:
-        """Answer `question` given the history; `on_text` receives the answer piece by piece."""
+        """Answer `question` given the history; `on_text` receives the answer piece by piece.
+
+        Raises ContextLengthError, before any output and with the history unchanged, when the prompt
+        and the new tokens do not fit the model.
+        """
         inputs = self.processor(question, images=self.images or None, history=self.history,
                                 system_message=self.system_message, max_tiles=self.max_tiles)
+        max_new_tokens = self.new_token_budget(inputs["input_ids"].shape[1])
         decoder = self.processor.incremental_decoder(skip_special_tokens=True)
         stops = set(self.processor.stop_token_ids)
         for token in self.engine.stream(inputs["input_ids"], inputs["pixel_values"], inputs["image_token_id"],
-                                        max_new_tokens=self.max_new_tokens, sampling=self.sampling,
+                                        max_new_tokens=max_new_tokens, sampling=self.sampling,
                                         stop_token_ids=sorted(stops)):
             tok = int(token[0])
             if tok in stops:
@@ -74,16 +96,38 @@ def _print_piece(piece: str) -> None:
     sys.stdout.flush()
 
 
+def _box_drawer(args: argparse.Namespace, processor: MonoProcessor) -> Callable[[str], None]:
+    """For --draw-boxes: a callback that draws an answer's grounding boxes on the image and saves it."""
+    from ..processing.grounding import draw_boxes, parse_boxes
+    from ..processing.image import load_image
+
+    # The boxes are relative to the image the model saw: the same loading, EXIF orientation included.
+    image = load_image(args.image[0], official_convert=processor.official_convert)
+
+    def draw(answer: str) -> None:
+        boxes = parse_boxes(answer, *image.size)
+        for item in boxes:
+            print(f"box {item.label or '(no label)'}: " + ", ".join(f"{v:.1f}" for v in item.box), file=sys.stderr)
+        draw_boxes(image, boxes).save(args.draw_boxes)
+        print(f"{len(boxes)} box(es) drawn in {args.draw_boxes}", file=sys.stderr)
+
+    return draw
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.draw_boxes and len(args.image or ()) != 1:
+        raise ValueError("--draw-boxes needs exactly one --image to draw on")
     model_dir = Path(args.model)
     model = MonoInternVL.from_pretrained(model_dir, dtype=args.dtype, device=args.device)
-    processor = MonoProcessor.from_pretrained(model_dir)
+    processor = MonoProcessor.from_pretrained(model_dir, official_convert=args.official_preprocessing)
     session = ChatSession(model, processor, images=args.image or (), system_message=args.system,
                           max_tiles=args.max_tiles, sampling=sampling_from_args(args),
                           max_new_tokens=args.max_new_tokens)
+    after_answer = _box_drawer(args, processor) if args.draw_boxes else (lambda answer: None)
     if args.question:
-        session.ask(args.question, on_text=_print_piece)
+        answer = session.ask(args.question, on_text=_print_piece)
         print()
+        after_answer(answer)
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
@@ -105,8 +149,15 @@ def run(args: argparse.Namespace) -> int:
             continue
         if interactive:
             sys.stderr.write("model> ")
-        session.ask(question, on_text=_print_piece)
+        try:
+            answer = session.ask(question, on_text=_print_piece)
+        except ContextLengthError as e:  # this turn is too long; the session (and its history) goes on
+            if interactive:
+                sys.stderr.write("\n")  # end the "model> " line
+            print(f"monovl chat: error: {e}", file=sys.stderr)
+            continue
         print()
+        after_answer(answer)
     return 0
 
 
@@ -119,6 +170,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tiles", type=int, default=None,
                    help="tile budget per conversation, shared among its images (default: the config's)")
     p.add_argument("--system", default=None, help="system message (default: the template's)")
+    p.add_argument("--draw-boxes", metavar="OUT.png", default=None,
+                   help="draw the answer's <ref>/<box> grounding boxes on the --image and save it here "
+                        "(rewritten after each answer)")
+    p.add_argument("--official-preprocessing", action="store_true",
+                   help="load images as the official code does, a plain convert('RGB'): no EXIF orientation, "
+                        "alpha dropped (default: EXIF orientation applied, transparency composited on white)")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
     add_sampling_args(p)

@@ -16,12 +16,12 @@ from pathlib import Path
 from ..eval.tasks import get_task, task_names
 
 
-def _load(model_dir: str, dtype: str | None, device: str | None):
+def _load(model_dir: str, dtype: str | None, device: str | None, official_convert: bool = False):
     from ..model.mono_internvl import MonoInternVL
     from ..processing import MonoProcessor
 
     model = MonoInternVL.from_pretrained(model_dir, dtype=dtype, device=device)
-    processor = MonoProcessor.from_pretrained(model_dir)
+    processor = MonoProcessor.from_pretrained(model_dir, official_convert=official_convert)
     if model.image_token_id is None:
         model.image_token_id = processor.image_token_id
     return model, processor
@@ -39,20 +39,20 @@ def _print_summary(scores: dict) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..eval.runner import ModelPredictor, run_benchmark
+    from ..eval.runner import ERRORS_FILE, ModelPredictor, run_benchmark
 
     task = get_task(args.task)  # fail on a bad task before loading a model
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such data file: {args.data}")
-    model, processor = _load(args.model, args.dtype, args.device)
+    model, processor = _load(args.model, args.dtype, args.device, args.official_preprocessing)
     predictor = ModelPredictor(model, processor, args.max_new_tokens or task.max_new_tokens, args.max_tiles)
     result = run_benchmark(predictor, args.data, task, args.out, batch_size=args.batch_size, limit=args.limit,
                            progress=not args.no_progress)
     scores = result.scores
     _print_summary(scores)
-    if scores["n_image_errors"]:
-        print(f"{scores['n_image_errors']} row(s) had an undecodable image: empty prediction, scored as wrong "
-              f"(see {Path(args.out) / 'image_errors.jsonl'})", file=sys.stderr)
+    if scores["n_errors"]:
+        print(f"{scores['n_errors']} row(s) failed ({scores['n_image_errors']} with an undecodable image): "
+              f"empty prediction, scored as wrong (see {Path(args.out) / ERRORS_FILE})", file=sys.stderr)
     print(f"predictions: {result.predictions_path}\nscores: {result.scores_path}, {result.markdown_path}")
     return 0
 
@@ -71,7 +71,7 @@ def score_eval(args: argparse.Namespace) -> int:
 def text_eval(args: argparse.Namespace) -> int:
     from ..eval.language import mcq_accuracy, perplexity
     from ..eval.tsv import read_tsv, require_columns
-    from ..processing import Tokenizer
+    from ..processing import load_tokenizer
 
     data = Path(args.data)
     if not data.is_file():
@@ -84,7 +84,7 @@ def text_eval(args: argparse.Namespace) -> int:
 
     # Text only: no pixel values ever reach the model; the processor is needed only for --chat.
     model = MonoInternVL.from_pretrained(args.model, dtype=args.dtype, device=args.device)
-    tokenizer = Tokenizer.from_pretrained(args.model)
+    tokenizer = load_tokenizer(args.model)  # the checkpoint's own tokenizer, as `chat` loads it
     processor = MonoProcessor.from_pretrained(args.model, tokenizer=tokenizer) if args.chat else None
     result: dict = {"model": args.model, "data": str(data), "kind": kind}
     if kind == "perplexity":
@@ -132,6 +132,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--max-new-tokens", type=int, default=None, help="default: the task's (16-128)")
     r.add_argument("--max-tiles", type=int, default=None, help="tile budget per image (default: the config's)")
     r.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    r.add_argument("--official-preprocessing", action="store_true",
+                   help="load images as the official code and VLMEvalKit do, a plain convert('RGB'), to reproduce "
+                        "published numbers (default: EXIF orientation applied, transparency composited on white)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_eval)
 

@@ -15,6 +15,7 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         vision_hidden=args.vision_hidden,
         template=args.template,
+        chat_template=args.chat_template,
         seed=args.seed,
         dtype=args.dtype,
         force=args.force,
@@ -46,8 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=448, help="tile size in pixels, a multiple of 28 (default 448)")
     p.add_argument("--vision-hidden", type=int, default=None,
                    help="patch embedding width Dv (default: half the LLM width, at least 640)")
+    p.add_argument("--chat-template", default=None, metavar="FILE",
+                   help="a Jinja chat template file (Hugging Face format) that replaces the source's own; "
+                        "by default the source's template (chat_template.jinja, tokenizer_config.json or GGUF "
+                        "metadata) is kept")
     p.add_argument("--template", default=None,
-                   help="chat template name (default: detected from the source: internlm2-chat, chatml or smollm2)")
+                   help="a built-in chat template instead (internlm2-chat, chatml, smollm2; default: the source's "
+                        "Jinja template, else detected from its tokens)")
     p.add_argument("--seed", type=int, default=0, help="seed for the new patch embedding and mlp1 weights")
     p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the source's; GGUF gives float32)")
     p.add_argument("--force", action="store_true", help="convert again even if OUT holds this conversion already")

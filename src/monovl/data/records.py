@@ -6,13 +6,14 @@ this item*; re-opening a source with that state continues with the next item,
 exactly.
 
 :class:`IndexedJsonlSource` (random access; conversation data, SFT scale)
-    One JSONL file (image root = its folder), or a meta JSON ``{name: {"root",
+    One JSONL file, or one LLaVA-style ``.json`` array of records (image root =
+    the file's folder for both), or a meta JSON ``{name: {"root",
     "annotation", "repeat_time", "length"}}`` mixing several (relative paths are
     taken from the meta file's folder, else from the working directory as in
     InternVL; ``length`` is informational, the line count is used). Each file is indexed once
-    (8 bytes per line, the byte offset of each line start; the records are not
-    kept). ``repeat_time`` r expands a dataset of L lines to ``int(L * r)``
-    virtual records: ``floor(r)`` full copies plus a fixed seeded subset of the
+    (8 bytes per line, the byte offset of each line start; 16 bytes per record
+    of a JSON array, its byte span; the records are not kept). ``repeat_time``
+    r expands a dataset of L lines (records) to ``int(L * r)`` virtual records: ``floor(r)`` full copies plus a fixed seeded subset of the
     lines for the fractional part (r < 1 is a fixed subsample, as in InternVL).
     All virtual records of all datasets are visited in one seeded pseudo-random
     order per epoch (a Feistel-network permutation, O(1) memory), so datasets
@@ -48,9 +49,14 @@ Record formats (one JSON object per line or per tar ``.json``):
   :data:`CAPTION_PROMPTS` (picked by a seeded hash of the record's id, so it is
   stable across epochs, workers and resumes), assistant: the caption.
 
+Only images are supported: a record with a video, audio or other media field
+(``{"video": "clip.mp4", ...}``, any value naming a video or audio file) and
+a tar group with such a member are skipped as ``unsupported_media``, never
+trained as text only.
+
 Bad input never stops a stream: it is yielded as :class:`Skipped` with a reason
-and a location (``file:line`` or ``shard.tar:key``) and counted in
-:class:`DataStats`.
+and a location (``file:line``, ``file.json[i]`` for the i-th record of a JSON
+array, or ``shard.tar:key``) and counted in :class:`DataStats`.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ __all__ = [
     "DataStats",
     "caption_prompt",
     "IMAGE_EXTENSIONS",
+    "OTHER_MEDIA_EXTENSIONS",
     "IndexedJsonlSource",
     "Record",
     "ShardStreamSource",
@@ -101,6 +108,17 @@ CAPTION_PROMPTS: tuple[str, ...] = (
 )
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+# Media we cannot train on: a record naming one is skipped, not trained as text.
+OTHER_MEDIA_EXTENSIONS: tuple[str, ...] = (
+    "mp4", "avi", "mov", "mkv", "webm", "flv", "wmv", "m4v", "mpg", "mpeg", "3gp",  # video
+    "wav", "mp3", "flac", "ogg", "m4a", "aac", "opus",  # audio
+    "ply", "pcd",  # point clouds
+)  # fmt: skip
+# Words that make a record key a media field ("video", "audios", "video_path", "speech_file").
+_MEDIA_KEY_WORDS = frozenset({
+    "video", "videos", "audio", "audios", "speech", "sound", "sounds", "voice", "frames", "pointcloud",
+})  # fmt: skip
+_MEDIA_FILE = re.compile(r"\.(" + "|".join(OTHER_MEDIA_EXTENSIONS) + r")$", re.IGNORECASE)
 
 # Strings that must not occur in data text: they would forge image blocks or turns.
 RESERVED_STRINGS: tuple[str, ...] = (IMG_CONTEXT, IMG_START, IMG_END, IM_START, IM_END)
@@ -167,6 +185,9 @@ def parse_record(
     """
     if not isinstance(obj, dict):
         raise RecordError("bad_record", f"expected a JSON object, got {type(obj).__name__}")
+    media = _unsupported_media(obj)
+    if media is not None:
+        raise RecordError("unsupported_media", f"{media!r} field: only images are supported")
     if images is None:
         raw = obj.get("image", obj.get("images"))
         if raw is None or raw == []:
@@ -219,6 +240,25 @@ def parse_record(
             f"{placeholders} {IMAGE_PLACEHOLDER!r} placeholder(s) for {len(resolved)} image(s)",
         )
     return Record(turns=turns, images=resolved, system=system, source=source)
+
+
+def _unsupported_media(obj: dict) -> str | None:
+    """The first key of ``obj`` holding non-image media, or None.
+
+    A key is media if its name has a media word (``video``, ``audio_path``...)
+    and a non-empty value, or if its value (a string or a list of strings)
+    names a video, audio or point-cloud file.
+    """
+    for key, value in obj.items():
+        if key in ("image", "images", "conversations", "caption"):
+            continue
+        words = set(re.split(r"[^a-z0-9]+", str(key).lower()))
+        if words & _MEDIA_KEY_WORDS and isinstance(value, (str, list, dict)) and value:
+            return key
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and _MEDIA_FILE.search(v.strip()) for v in values):
+            return key
+    return None
 
 
 def _parse_conversations(conv: Any) -> tuple[str | None, list[tuple[str, str]]]:
@@ -396,13 +436,90 @@ def _line_offsets(path: str, chunk: int = 1 << 24) -> np.ndarray:
     return offsets[offsets < pos]  # drop the "line" after a final newline (or of an empty file)
 
 
+_NON_SPACE = re.compile(r"\S")
+_UTF8_BOM = "\xef\xbb\xbf"  # as latin-1 text
+
+
+def _starts_json_array(path: str) -> bool:
+    """True if the file's first non-space character (after a UTF-8 BOM) is ``[``."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("latin-1").removeprefix(_UTF8_BOM).lstrip()
+    return head.startswith("[")
+
+
+def _json_array_spans(path: str, chunk: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Byte spans ``[start, end)`` of the elements of a JSON array file (int64 arrays).
+
+    The file is scanned in chunks with ``JSONDecoder.raw_decode``, so memory
+    stays about one chunk plus the largest record. The bytes are read as
+    latin-1 (one character per byte, so positions are byte offsets): UTF-8
+    multi-byte characters never contain the ASCII bytes of JSON syntax, so the
+    element ends found are exact. Raises ``ValueError`` with the byte position
+    if the file is not one JSON array.
+    """
+    decoder = json.JSONDecoder()
+    starts: list[int] = []
+    ends: list[int] = []
+    with open(path, "rb") as f:
+        buf, base = "", 0  # buf holds the file's bytes from offset base on
+
+        def fill() -> bool:  # append the next chunk; False at the end of the file
+            nonlocal buf
+            data = f.read(chunk)
+            buf += data.decode("latin-1")
+            return bool(data)
+
+        def skip_space(pos: int) -> int:  # next non-space position, len(buf) at the end of the file
+            while True:
+                match = _NON_SPACE.search(buf, pos)
+                if match:
+                    return match.start()
+                pos = len(buf)
+                if not fill():
+                    return pos
+
+        def fail(pos: int, what: str) -> ValueError:
+            return ValueError(f"{path!r} is not a JSON array of records: {what} at byte {base + pos}")
+
+        fill()
+        pos = skip_space(len(_UTF8_BOM) if buf.startswith(_UTF8_BOM) else 0)
+        if buf[pos : pos + 1] != "[":
+            raise fail(pos, "no '['")
+        pos = skip_space(pos + 1)
+        closed = buf[pos : pos + 1] == "]"
+        while not closed:
+            while True:  # an element cut by the chunk end decodes only after more is read
+                try:
+                    _, end = decoder.raw_decode(buf, pos)
+                except json.JSONDecodeError as exc:
+                    if fill():
+                        continue
+                    raise fail(exc.pos, exc.msg) from None
+                if end < len(buf) or not fill():  # a number at the very end may go on
+                    break
+            starts.append(base + pos)
+            ends.append(base + end)
+            pos = skip_space(end)
+            sep = buf[pos : pos + 1]
+            if sep not in (",", "]"):
+                raise fail(pos, "expected ',' or ']'")
+            closed = sep == "]"
+            pos = skip_space(pos + 1) if not closed else pos
+            if pos > chunk:  # forget what is parsed, keep about one chunk in memory
+                buf, base, pos = buf[pos:], base + pos, 0
+        if skip_space(pos + 1) < len(buf):
+            raise fail(skip_space(pos + 1), "data after the closing ']'")
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
 @dataclass
 class _Dataset:
     name: str
     path: str
     root: str
     repeat_time: float
-    offsets: np.ndarray
+    offsets: np.ndarray  # start of each record (line, or element of a JSON array)
+    ends: np.ndarray | None = None  # end of each element of a JSON array; None for JSONL
     size: int = 0
     n_eff: int = 0
     subset: SeededPermutation | None = None
@@ -437,12 +554,16 @@ class IndexedJsonlSource:
             repeat = float(spec.get("repeat_time", 1.0))
             if not repeat > 0 or not math.isfinite(repeat):
                 raise ValueError(f"dataset {spec.get('name', k)!r}: repeat_time must be > 0, got {repeat}")
+            # LLaVA-style annotations: one JSON array of records instead of JSONL.
+            array = not path.endswith(".jsonl") and _starts_json_array(path)
+            offsets, ends = _json_array_spans(path) if array else (_line_offsets(path), None)
             ds = _Dataset(
                 name=str(spec.get("name", Path(path).stem)),
                 path=path,
                 root=str(spec.get("root", os.path.dirname(os.path.abspath(path)))),
                 repeat_time=repeat,
-                offsets=_line_offsets(path),
+                offsets=offsets,
+                ends=ends,
                 size=os.path.getsize(path),
             )
             lines = len(ds.offsets)
@@ -485,11 +606,14 @@ class IndexedJsonlSource:
         if fd is None:
             fd = self._handles[ds.path] = os.open(ds.path, os.O_RDONLY)
         start = int(ds.offsets[line])
-        end = int(ds.offsets[line + 1]) if line + 1 < len(ds.offsets) else ds.size
+        if ds.ends is not None:
+            end = int(ds.ends[line])
+        else:
+            end = int(ds.offsets[line + 1]) if line + 1 < len(ds.offsets) else ds.size
         return os.pread(fd, end - start, start)
 
     def read(self, ds: _Dataset, line: int) -> Record | Skipped:
-        where = f"{ds.path}:{line + 1}"
+        where = f"{ds.path}[{line}]" if ds.ends is not None else f"{ds.path}:{line + 1}"
         raw = self._read_line(ds, line)
         if not raw.strip():
             return Skipped("bad_json", where, "empty line")
@@ -543,15 +667,18 @@ class IndexedJsonlSource:
 
 
 def _datasets_from_spec(spec: str) -> list[dict]:
-    """``x.jsonl`` (root = its folder) or a meta JSON of several annotation files."""
-    if spec.endswith(".jsonl"):
+    """``x.jsonl`` or a LLaVA-style ``x.json`` array (root = its folder), or a meta JSON of several files."""
+    if spec.endswith(".jsonl") or (os.path.isfile(spec) and _starts_json_array(spec)):
         return [{"name": Path(spec).stem, "annotation": spec, "root": os.path.dirname(os.path.abspath(spec))}]
     try:
         meta = json.loads(Path(spec).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read the data meta file {spec!r}: {exc}") from exc
     if not isinstance(meta, dict) or not meta:
-        raise ValueError(f"{spec!r} must hold a non-empty JSON object {{name: {{root, annotation, ...}}}}")
+        raise ValueError(
+            f"{spec!r} must hold a non-empty JSON object {{name: {{root, annotation, ...}}}} (a meta file) "
+            "or a JSON array of records (LLaVA style)"
+        )
     base = os.path.dirname(os.path.abspath(spec))
 
     def resolve(path: str) -> str:
@@ -818,6 +945,9 @@ def _shard_dir(shard: str) -> str:
 
 
 def _decode_group(group: dict[str, bytes], where: str, key: str, seed: int) -> Record | Skipped:
+    media = sorted(ext for ext in group if ext in OTHER_MEDIA_EXTENSIONS)
+    if media:
+        return Skipped("unsupported_media", where, f"{media} member(s): only images are supported")
     image_exts = [ext for ext in group if ext in IMAGE_EXTENSIONS]
     if len(image_exts) != 1:
         return Skipped("incomplete_sample", where, f"expected one image, got {sorted(group)}")
@@ -860,7 +990,8 @@ def open_source(
 ) -> Source:
     """Pick the source for a ``--data`` value.
 
-    * a meta ``.json`` or a regular ``.jsonl`` file: :class:`IndexedJsonlSource`;
+    * a meta ``.json``, a LLaVA-style ``.json`` array or a regular ``.jsonl``
+      file: :class:`IndexedJsonlSource`;
     * tar shards (``.tar`` names, brace patterns, globs, lists, ``pipe:``) or a
       JSONL that is not a regular file (FIFO, ``pipe:``): :class:`ShardStreamSource`.
 

@@ -7,20 +7,24 @@ silently zero a whole sample, reference section 8.8):
 1. the images are decoded and tiled (``processing.image.preprocess_images``,
    the tile budget ``max_tiles`` shared among the sample's images) and their
    ``<img><IMG_CONTEXT>...</img>`` blocks are spliced into the user turns;
-2. the template renders the conversation as ``(text, trainable)`` segments
-   (:meth:`ChatTemplate.render_segments`): system block, user turns, assistant
-   headers (untrained) and answers + end-of-turn separator (trained);
-3. consecutive untrained segments are tokenised together; each trained answer
-   is tokenised *in the context of its assistant header*: ``encode(header +
-   answer)`` minus the ``encode(header)`` prefix. The header/answer boundary
-   is the only segment boundary that is not at a special token (``assistant\\n``
-   and the answer share one plain-text run), so this makes the concatenated ids
-   equal ``tokenizer.encode(full_prompt)``. Should a tokenizer merge across that
-   boundary (the header's tokens are then not a prefix), the answer is
-   tokenised on its own instead, the header tokens stay exactly what inference
-   feeds, and the event is counted as the note ``boundary_retokenised``;
+2. the checkpoint's chat template (built-in or Jinja) renders the conversation,
+   and each assistant turn's span comes from rendering growing prefixes of it
+   (:func:`~monovl.processing.prompt.assistant_spans`): the answer plus the
+   template's end-of-turn text is trained; the system block, user turns and
+   assistant headers are not. Control-token strings in the record's text are
+   literal text (:func:`~monovl.processing.chat_template.mark_literal`);
+3. the text between answers is tokenised as one piece; each answer is tokenised
+   *in the context of the text before it*: ``encode(before + answer)`` minus
+   the ``encode(before)`` prefix. The header/answer boundary is usually not at
+   a special token (``assistant\\n`` and the answer share one plain-text run), so
+   this makes the concatenated ids equal the encoding of the whole
+   conversation. Should a tokenizer merge across that boundary (the context's
+   tokens are then not a prefix), the answer is tokenised on its own instead,
+   the header tokens stay exactly what inference feeds, and the event is
+   counted as the note ``boundary_retokenised``;
 4. BOS (and the first token in any case) has label -100, so a packed row never
-   trains a prediction across two samples.
+   trains a prediction across two samples. BOS comes from the tokenizer for
+   built-in templates and from the template text for Jinja templates, as at inference.
 
 Over-long samples are cut at ``max_length`` tokens, but never inside an image
 block: if any image token lies beyond ``max_length`` the sample is skipped
@@ -39,16 +43,23 @@ Sample dict::
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
-from PIL import Image, ImageFile
+from PIL import Image
 
+from ..processing.chat_template import JinjaChatTemplate, encode_prompt, literal_marker, mark_literal
 from ..processing.image import ImageLoadError, load_image, preprocess_images
-from ..processing.prompt import ChatTemplate, get_template, splice_images
+from ..processing.prompt import (
+    IMAGE_PLACEHOLDER,
+    ChatTemplate,
+    assistant_spans,
+    chat_messages,
+    get_template,
+    splice_images,
+)
 from ..processing.tokenizer import IMG_CONTEXT, IMG_END, IMG_START
 from .records import DataStats, Record
 
@@ -72,16 +83,10 @@ def decode_image(ref: str | bytes | os.PathLike | Image.Image) -> Image.Image:
     Raises :class:`SampleError` ``missing_image`` / ``bad_image``.
     """
     if isinstance(ref, (bytes, bytearray)):
-        saved = ImageFile.LOAD_TRUNCATED_IMAGES
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
         try:
-            with Image.open(io.BytesIO(ref)) as opened:
-                opened.load()
-                return opened.convert("RGB")
-        except Exception as exc:  # Pillow raises many types for corrupt data
-            raise SampleError("bad_image", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            ImageFile.LOAD_TRUNCATED_IMAGES = saved
+            return load_image(bytes(ref))
+        except ImageLoadError as exc:
+            raise SampleError("bad_image", str(exc)) from exc
     if isinstance(ref, (str, os.PathLike)) and not os.path.exists(ref):
         raise SampleError("missing_image", f"no such file {str(ref)!r}")
     try:
@@ -100,7 +105,7 @@ def _token_id(tokenizer: Any, token: str) -> int:
 def build_sample(
     record: Record,
     tokenizer: Any,
-    template: str | ChatTemplate = "internlm2-chat",
+    template: "str | ChatTemplate | JinjaChatTemplate" = "internlm2-chat",
     image_size: int = 448,
     num_image_token: int = 256,
     max_tiles: int = 6,
@@ -129,14 +134,21 @@ def build_sample(
             )
         except ValueError as exc:  # e.g. a 0-pixel image
             raise SampleError("bad_image", str(exc)) from exc
+    literal = literal_marker(tokenizer, exclude=(IMAGE_PLACEHOLDER,))
     try:
-        users = splice_images([u for u, _ in record.turns], tiles, num_image_token)
+        users = splice_images([mark_literal(u, literal) for u, _ in record.turns], tiles, num_image_token)
     except ValueError as exc:
         raise SampleError("image_placeholders", str(exc)) from exc
-    history = [(u, a) for u, (_, a) in zip(users, record.turns)]
-    segments = tmpl.render_segments(history, system_message=record.system)
+    history = [(u, mark_literal(a, literal)) for u, (_, a) in zip(users, record.turns)]
+    system = None if record.system is None else mark_literal(record.system, literal)
+    try:
+        full, spans = assistant_spans(tmpl, chat_messages(history, system_message=system))
+    except ValueError as exc:
+        raise SampleError("template_error", str(exc)) from exc
+    bounds = [0, *(k for span in spans for k in span), len(full)]
+    segments = [(full[a:b], k % 2 == 1) for k, (a, b) in enumerate(zip(bounds, bounds[1:]))]
 
-    ids, labels = _tokenize_segments(segments, tokenizer, stats, record.source)
+    ids, labels = _tokenize_segments(segments, tokenizer, tmpl.add_bos, stats, record.source)
 
     if len(ids) > max_length:
         if image_ids.intersection(ids[max_length:]):
@@ -161,32 +173,27 @@ def build_sample(
 
 
 def _tokenize_segments(
-    segments: Sequence[tuple[str, bool]], tokenizer: Any, stats: DataStats | None, where: str
+    segments: Sequence[tuple[str, bool]], tokenizer: Any, add_bos: bool, stats: DataStats | None, where: str
 ) -> tuple[list[int], list[int]]:
-    # BOS exactly as inference adds it (MonoProcessor encodes with add_bos=True): a tokenizer that
-    # has a BOS token but does not prepend it (SmolLM2's GGUF: add_bos_token false) gets none here too.
-    ids: list[int] = tokenizer.encode("", add_bos=True)
+    # BOS exactly as inference adds it (MonoProcessor encodes with the template's add_bos): a tokenizer
+    # that has a BOS token but does not prepend it (SmolLM2's GGUF: add_bos_token false) gets none here too.
+    ids: list[int] = tokenizer.encode("", add_bos=add_bos)
     labels: list[int] = [IGNORE_INDEX] * len(ids)
-    k = 0
-    last_untrained = ""  # the text just before a trained run: its assistant header
-    while k < len(segments):
-        trainable = segments[k][1]
-        run = []
-        while k < len(segments) and segments[k][1] == trainable:
-            run.append(segments[k][0])
-            k += 1
-        text = "".join(run)
+    before = ""  # the untrained text just before an answer: its context
+    for text, trainable in segments:
+        if not text:
+            continue
         if not trainable:
-            piece = tokenizer.encode(text, add_bos=False)
+            piece = encode_prompt(tokenizer, text, add_bos=False)
             labels.extend([IGNORE_INDEX] * len(piece))
-            last_untrained = run[-1]
+            before = text
         else:
-            head = tokenizer.encode(last_untrained, add_bos=False)
-            joint = tokenizer.encode(last_untrained + text, add_bos=False)
+            head = encode_prompt(tokenizer, before, add_bos=False)
+            joint = encode_prompt(tokenizer, before + text, add_bos=False)
             if joint[: len(head)] == head:
                 piece = joint[len(head) :]
             else:
-                piece = tokenizer.encode(text, add_bos=False)
+                piece = encode_prompt(tokenizer, text, add_bos=False)
                 if stats is not None:
                     stats.note("boundary_retokenised", where)
             labels.extend(piece)
@@ -201,7 +208,7 @@ class SampleBuilder:
     """:func:`build_sample` with its settings bound (what the data stream calls)."""
 
     tokenizer: Any
-    template: str | ChatTemplate = "internlm2-chat"
+    template: "str | ChatTemplate | JinjaChatTemplate" = "internlm2-chat"
     image_size: int = 448
     num_image_token: int = 256
     max_tiles: int = 6

@@ -1,5 +1,5 @@
 """Inference engine: KV-cached prefill/decode, sampling, streaming, batching. Knows token ids only."""
 
-from .generate import Engine, Prompt, SamplingParams
+from .generate import ContextLengthError, Engine, Prompt, SamplingParams
 
-__all__ = ["Engine", "Prompt", "SamplingParams"]
+__all__ = ["ContextLengthError", "Engine", "Prompt", "SamplingParams"]

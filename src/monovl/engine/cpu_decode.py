@@ -66,9 +66,10 @@ class CPUDecoder:
         k, b, past = self.kernels, tokens.shape[0], cache.length
         cache.end_after(1)  # the kernels write slot `past` directly: check it exists first
         x = self.embedding[tokens]  # [B, H]: a new tensor, the residual stream updated in place
-        cos, sin = self.lm.rotary(positions, past + 1, x.dtype)
-        cos, sin = cos.reshape(b, -1), sin.reshape(b, -1)  # [B, head_dim]
         mask = None if attention_mask is None else attention_mask.bool().contiguous()
+        # The mask lets dynamic NTK scaling take each row's own length, as the module path does.
+        cos, sin = self.lm.rotary(positions, past + 1, x.dtype, mask)
+        cos, sin = cos.reshape(b, -1), sin.reshape(b, -1)  # [B, head_dim]
         for i, (norm1, wqkv, bqkv, wo, bo, norm2, w1, w3, w2) in enumerate(self.layers):
             # Packed rows [n_kv][groups + 2][head_dim], as in `Attention.forward`.
             qkv = k.linear(k.rms_norm(x, norm1, self.eps), wqkv, bqkv).view(b, self.n_kv, self.groups + 2, -1)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.config import LLMConfig
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL, positions_from_mask
 from .cpu_decode import CPUDecoder, available as cpu_decode_available
@@ -62,6 +63,40 @@ def next_tokens(logits: torch.Tensor, p: SamplingParams, seen: torch.Tensor | No
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+class ContextLengthError(ValueError):
+    """The prompt plus the requested new tokens do not fit the model's positions."""
+
+
+def context_limit(cfg: LLMConfig) -> int | None:
+    """The most positions a sequence may use, or None when the RoPE scaling has no bound.
+
+    Dynamic NTK recomputes its base for any length. Linear scaling divides positions by its
+    factor, so it covers factor * max_position_embeddings (a config that already states the
+    stretched length is then allowed more than it needs; we only refuse what cannot work).
+    """
+    kind = (cfg.rope_scaling or {}).get("type")
+    if kind == "dynamic":
+        return None
+    if kind == "linear":
+        return int(cfg.max_position_embeddings * cfg.rope_scaling["factor"])
+    return cfg.max_position_embeddings
+
+
+def check_context(cfg: LLMConfig, prompt_len: int, max_new_tokens: int) -> None:
+    """ContextLengthError, naming the three numbers, when the longest prompt (real tokens) plus
+    `max_new_tokens` needs more positions than the model has. Checked before any compute: past
+    that bound the model would run on without a word, at positions it was never trained on."""
+    limit = context_limit(cfg)
+    total = prompt_len + max(max_new_tokens, 0)
+    if limit is not None and total > limit:
+        scaled = "" if limit == cfg.max_position_embeddings else f" x linear RoPE factor {cfg.rope_scaling['factor']:g}"
+        raise ContextLengthError(
+            f"prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} = {total} tokens exceeds "
+            f"the model's max_position_embeddings {cfg.max_position_embeddings}{scaled}; "
+            "shorten the prompt (fewer tiles or less history) or lower max_new_tokens"
+        )
+
+
 @dataclass
 class Prompt:
     """One request: token ids (1D) and its tiles [n, 3, S, S] (or None)."""
@@ -108,10 +143,12 @@ class Engine:
         device = model.device
         input_ids = input_ids.to(device)
         b, t = input_ids.shape
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device).bool()
+        check_context(cfg, t if attention_mask is None else int(attention_mask.sum(1).max()), max_new_tokens)
         if max_new_tokens <= 0:
             return
         if attention_mask is not None:
-            attention_mask = attention_mask.to(device).bool()
             if bool(attention_mask.all()):
                 attention_mask = None  # no padding: use the mask-free fused attention paths
         cache = KVCache(cfg.num_hidden_layers, b, cfg.num_key_value_heads, cfg.head_dim,

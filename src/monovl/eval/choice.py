@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,12 @@ _SPLIT_CHARS = ".()[],:;!*#{}"
 # Only A-D, even when a question has more options (as in VEK); the letter
 # must still be one of the question's options.
 _ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+# Separators of the last extraction pass: CJK and full-width punctuation, and
+# CJK ideographs, kana and Hangul, since those scripts put no space before a
+# letter ("选项B", "答案：B"). Full-width letters are folded by NFKC first.
+_CJK_SEPARATORS = re.compile(
+    "[\u3000-\u303f\uff00-\uffef\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u2018-\u201f]"
+)
 
 
 def is_missing(value: object) -> bool:
@@ -107,6 +114,18 @@ def _tokens(answer: str) -> list[str]:
     return answer.split()
 
 
+def _letter_from_tokens(tokens: list[str], choices: Mapping[str, object]) -> str | None:
+    """Steps 4-5 of :func:`can_infer_option` on a token list."""
+    present = [c for c in choices if c in tokens]
+    if len(present) == 1:
+        letter = present[0]
+        if tokens.index(letter) > len(tokens) - 5:
+            return letter
+    elif not present and "Z" in tokens:
+        return "Z"
+    return None
+
+
 def can_infer_option(answer: str, choices: Mapping[str, object]) -> str | None:
     """Letter-based extraction, VEK ``can_infer_option`` plus the "answer is" regex.
 
@@ -122,6 +141,9 @@ def can_infer_option(answer: str, choices: Mapping[str, object]) -> str | None:
     5. Else, if no letter occurs and a token ``"Z"`` does, return ``"Z"``.
     6. Else search ``(?i)(?:correct\\s+)?answer\\s+is\\s+\\**([ABCD])\\**`` and
        return the upper-cased letter if it is an option.
+    7. Else, for answers in Chinese, Japanese or Korean (not in VEK): fold
+       full-width forms with NFKC, treat CJK punctuation and CJK characters as
+       separators too, and redo steps 3-5 (``"选项B"`` and ``"答案：B"`` give ``"B"``).
 
     Returns ``None`` when nothing matched. VEK's ``VERBOSE``-only "A might be a
     quantifier" check is not reproduced (it only applies with that env var).
@@ -131,18 +153,14 @@ def can_infer_option(answer: str, choices: Mapping[str, object]) -> str | None:
         return None
     if any(phrase in answer for phrase in _REFUSALS):
         return "Z"
-    tokens = _tokens(answer)
-    present = [c for c in choices if c in tokens]
-    if len(present) == 1:
-        letter = present[0]
-        if tokens.index(letter) > len(tokens) - 5:
-            return letter
-    elif not present and "Z" in tokens:
-        return "Z"
+    letter = _letter_from_tokens(_tokens(answer), choices)
+    if letter:
+        return letter
     match = _ANSWER_IS.search(answer)
     if match and match.group(1).upper() in choices:
         return match.group(1).upper()
-    return None
+    cjk_spaced = _CJK_SEPARATORS.sub(" ", unicodedata.normalize("NFKC", answer))
+    return _letter_from_tokens(_tokens(cjk_spaced), choices)
 
 
 def can_infer_text(answer: str, choices: Mapping[str, object]) -> str | None:

@@ -1,8 +1,10 @@
 """Language retention checks on the text path (no pixel values): perplexity and MMLU-style accuracy.
 
-Perplexity (:func:`perplexity`): the text is tokenised once (BOS first) and
-scored with sliding windows of ``window`` tokens that advance by ``stride``.
-Every token after the BOS is predicted exactly once, by the window whose new
+Perplexity (:func:`perplexity`): the text is tokenised once by the checkpoint's
+own tokenizer (BOS first when it uses one) and scored with sliding windows of
+``window`` tokens that advance by ``stride``. The first id is never scored: it
+is the BOS, or, for tokenizers without one (Qwen2, SmolLM2), the first text
+token, which has no context to be predicted from. Every later token is predicted exactly once, by the window whose new
 part contains it, so with ``stride < window`` each scored token sees at least
 ``window - stride`` tokens of context. The result is the token-weighted mean
 negative log-likelihood (nats) and ``ppl = exp(mean NLL)``.
@@ -31,11 +33,13 @@ would start its answer.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ..processing.chat_template import encode_prompt
 
 __all__ = ["MMLU_HEADER", "mmlu_prompt", "perplexity", "option_logprobs", "mcq_accuracy"]
 
@@ -52,14 +56,15 @@ def _logits(model: Any, ids: Sequence[int], keep: int) -> torch.Tensor:
 @torch.inference_mode()
 def perplexity(model: Any, token_ids: Sequence[int], window: int = 1024,
                stride: int | None = None) -> dict[str, float]:
-    """Sliding-window perplexity of ``token_ids`` (BOS included as the first id, never scored).
+    """Sliding-window perplexity of ``token_ids``; the first id (BOS, or the first text token when
+    the tokenizer has no BOS) is context only, never scored.
 
     Returns ``{"nll", "ppl", "tokens", "window", "stride", "windows"}``; ``nll``
     is the mean over the ``tokens = len(token_ids) - 1`` scored tokens.
     """
     ids = list(token_ids)
     if len(ids) < 2:
-        raise ValueError("perplexity needs at least two tokens (BOS and one more)")
+        raise ValueError("perplexity needs at least two tokens (the first one is never scored)")
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
     stride = window // 2 if stride is None else stride
@@ -67,7 +72,7 @@ def perplexity(model: Any, token_ids: Sequence[int], window: int = 1024,
         raise ValueError(f"stride must be in [1, window), got {stride} with window {window}: "
                          f"every window needs at least one token of context for its first scored token")
     total, count, windows = 0.0, 0, 0
-    scored_until = 1  # position of the next token to score; position 0 is BOS
+    scored_until = 1  # position of the next token to score; position 0 has no context
     while scored_until < len(ids):
         end = min(scored_until + stride, len(ids))
         begin = max(0, end - window)
@@ -124,14 +129,14 @@ def option_logprobs(model: Any, context_ids: Sequence[int], continuations: Seque
     return out
 
 
-def _split_tokens(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def _split_tokens(encode: Callable[[str], list[int]], context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Context ids and continuation ids such that ``context + continuation`` tokenises to their concatenation.
 
     Sentencepiece may merge across the boundary, so we tokenise the whole
     string and cut where it stops agreeing with the tokenised context.
     """
-    ctx = tokenizer.encode(context, add_bos=True)
-    full = tokenizer.encode(context + continuation, add_bos=True)
+    ctx = encode(context)
+    full = encode(context + continuation)
     cut = min(_common_prefix(ctx, full), len(full) - 1)
     return full[:cut], full[cut:]
 
@@ -147,6 +152,12 @@ def mcq_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
     """
     if chat and processor is None:
         raise ValueError("chat=True needs the processor (for the chat template)")
+    if chat:  # BOS as the template wants it (a Jinja template writes its own)
+        def encode(text: str) -> list[int]:
+            return encode_prompt(tokenizer, text, processor.template.add_bos)
+    else:
+        def encode(text: str) -> list[int]:
+            return tokenizer.encode(text, add_bos=True)
     hits: list[bool] = []
     chosen: list[str] = []
     by_subject: dict[str, list[bool]] = {}
@@ -162,11 +173,11 @@ def mcq_accuracy(model: Any, tokenizer: Any, rows: Sequence[Mapping[str, Any]],
         subject = row.get("subject")
         prompt = mmlu_prompt(str(row["question"]), options, None if subject is None else str(subject))
         if chat:
-            context_text = processor(prompt)["prompt"]  # the rendered chat turn, without BOS
+            context_text = processor(prompt)["prompt"]  # the rendered chat turn (BOS only if the template writes it)
             sep = ""
         else:
             context_text, sep = prompt, " "
-        splits = [_split_tokens(tokenizer, context_text, sep + letter) for letter in options]
+        splits = [_split_tokens(encode, context_text, sep + letter) for letter in options]
         contexts = {tuple(c) for c, _ in splits}
         if len(contexts) == 1:
             scores = option_logprobs(model, splits[0][0], [c for _, c in splits])

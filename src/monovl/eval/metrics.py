@@ -10,6 +10,10 @@ Conventions:
 
 * Argument order is always ``(prediction, answers)``. (VLMEvalKit's
   ``relaxed_correctness`` takes ``(target, prediction)``; we do not.)
+* An empty or all-whitespace prediction scores 0 under every metric (and
+  never hits in OCRBench). Without this rule normalisation can make it equal
+  to a GT: ``"A"`` and ``"the"`` normalise to ``""`` in VQA accuracy, so an
+  empty answer (e.g. of a row whose image failed to decode) got full marks.
 * Per-question scores are floats in ``[0, 1]``. Dataset aggregates are
   percentages (``100 * mean``) as VLMEvalKit reports them, except OCRBench,
   which is a count of correct questions (out of 1000 on the full set).
@@ -38,6 +42,12 @@ __all__ = [
     "mean_percent",
     "grouped_percent",
 ]
+
+
+def _is_empty(prediction: object) -> bool:
+    """True for a prediction that says nothing: scored 0 everywhere (see the module docstring)."""
+    return prediction is None or not str(prediction).strip()
+
 
 # ---------------------------------------------------------------------------
 # A1. VQA accuracy (VQAv2 / TextVQA)
@@ -226,9 +236,13 @@ def vqa_accuracy(
       answers are processed only when they are not all identical
       (``len(set(gt)) > 1``), and then only by the punctuation/period step
       (no lower-casing, number words or articles).
+
+    An empty or whitespace prediction scores 0.0 (``"A"`` against ``"A"`` is still 1.0).
     """
     if len(answers) == 0:
         raise ValueError("vqa_accuracy needs at least one GT answer")
+    if _is_empty(prediction):
+        return 0.0
     pred = normalize_vqa_answer(prediction, period_rule=period_rule)
     if official_gt_quirk:
         raw = [str(a) for a in answers]
@@ -320,16 +334,19 @@ def anls_score(prediction: str, answers: Sequence[str], *, threshold: float = 0.
     stripped, lower-cased and whitespace-collapsed, but the lengths are those
     of the *un-normalised* strings (official DocVQA/RRC script, lmms-eval).
     Some VLMEvalKit versions divide by the normalised lengths instead; we
-    follow the official script. ``NL = 0`` when both raw strings are empty.
+    follow the official script.
 
     Threshold: the official script zeroes ``s`` only when ``s < 0.5``, so a
     similarity of exactly 0.5 is *kept* (scores 0.5). The DocVQA paper's
     formula would give 0 there; we follow the evaluation script, since that
     is what the leaderboard computes. No punctuation/article normalisation.
-    Dataset score: ``100 * mean`` (:func:`mean_percent`).
+    Dataset score: ``100 * mean`` (:func:`mean_percent`). An empty or
+    whitespace prediction scores 0.0.
     """
     if len(answers) == 0:
         raise ValueError("anls_score needs at least one GT answer")
+    if _is_empty(prediction):
+        return 0.0
     similarity = 1.0 - min(_anls_distance(prediction, a) for a in answers)
     return 0.0 if similarity < threshold else similarity
 
@@ -387,9 +404,12 @@ def relaxed_accuracy(
 
     Returns 1.0 or 0.0. The dataset score is ``100 * mean``, reported overall
     and per split (``human`` / ``augmented``) with :func:`grouped_percent`.
+    An empty or whitespace prediction scores 0.0.
     """
     if len(answers) == 0:
         raise ValueError("relaxed_accuracy needs at least one GT answer")
+    if _is_empty(prediction):
+        return 0.0
     hit = any(
         relaxed_correctness(prediction, a, max_relative_change=max_relative_change)
         for a in answers
@@ -414,9 +434,12 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     ``accuracy`` method only strips the ends; collapsing internal whitespace
     additionally forgives line-wrapped generations, which we consider a
     formatting artefact rather than an error. No punctuation normalisation.
+    An empty or whitespace prediction scores 0.0.
     """
     if len(answers) == 0:
         raise ValueError("exact_match needs at least one GT answer")
+    if _is_empty(prediction):
+        return 0.0
     pred = _exact_form(prediction)
     return 1.0 if any(_exact_form(a) == pred for a in answers) else 0.0
 
@@ -471,7 +494,11 @@ def ocrbench_hit(
     ``fold_fullwidth``: lmms-eval first maps full-width ASCII (U+FF01-FF5E)
     and U+3000 to ASCII. VLMEvalKit does not, and Mono-InternVL's reported
     OCRBench numbers come from VLMEvalKit, so the default is ``False``.
+    An empty or whitespace prediction never hits (an empty GT would be a
+    substring of it).
     """
+    if _is_empty(prediction):
+        return False
     pred = str(prediction)
     golds = [str(a) for a in answers]
     if fold_fullwidth:

@@ -6,10 +6,16 @@ Files written to the output directory:
   Appended and fsync-ed once per batch, so an interrupted run resumes where it
   stopped: rows whose ``index`` is already there are skipped, and a torn last
   record is dropped (:func:`monovl.eval.tsv.read_predictions`).
-* ``image_errors.jsonl``: one ``{"index", "error"}`` line per row whose image
-  could not be decoded. Decision: such a row does **not** stop the run; it gets
-  an empty prediction (scored as wrong, so the denominator stays the
-  benchmark's) and is counted in the summary (``image_errors`` in the JSON).
+* ``errors.jsonl``: one ``{"index", "stage", "error"}`` line per row that failed
+  on its own: its image could not be decoded (stage ``image``), its prompt could
+  not be built from the row (``prompt``), or the predictor refused it with a
+  ``ValueError`` (``predict``; e.g. a question holding a reserved token, a
+  prompt too long for the model). Decision: such a row does **not** stop the
+  run; it gets an empty prediction (scored 0, so the denominator stays the
+  benchmark's), is written to ``predictions.tsv`` like any row (so a resume
+  does not retry it) and is listed in the summary (``errors``, and
+  ``image_errors`` for the image stage). Any other exception (a model fault,
+  out of memory) is not one row's fault: it stops the run, and a resume retries.
 * ``run.json``: which data file and task the directory belongs to, so a
   resume with another task or data file is refused instead of mixing rows.
 * ``scores.json`` and ``scores.md``: :meth:`Task.score` plus run metadata.
@@ -32,6 +38,7 @@ from .tsv import (
     ImageDecodeError,
     ImageResolver,
     PredictionWriter,
+    Row,
     prediction_header,
     read_predictions,
     read_tsv,
@@ -50,13 +57,17 @@ __all__ = [
 ]
 
 PREDICTIONS_FILE = "predictions.tsv"
-ERRORS_FILE = "image_errors.jsonl"
+ERRORS_FILE = "errors.jsonl"
 RUN_FILE = "run.json"
 
 
 @dataclass
 class Request:
-    """One generation request: the user text and its images (possibly none)."""
+    """One generation request: the user text and its images (possibly none).
+
+    Images are decoded but keep their stored mode (RGBA, 16-bit, EXIF
+    orientation...); ``monovl.processing.image.load_image`` makes them RGB.
+    """
 
     prompt: str
     images: list[Image.Image]
@@ -71,7 +82,10 @@ class ModelPredictor:
 
     def __init__(self, model: Any, processor: Any, max_new_tokens: int, max_tiles: int | None = None):
         from ..engine import Engine, Prompt, SamplingParams
+        from ..processing.image import check_tile_budget
 
+        if max_tiles is not None:  # a bad budget is the run's fault, not every row's: refuse it now
+            check_tile_budget(max_tiles, "max_tiles")
         self._prompt_cls = Prompt
         self.engine = Engine(model)
         self.processor = processor
@@ -137,10 +151,11 @@ def scores_markdown(scores: dict[str, Any]) -> str:
         for name, value in per_cat.items():
             lines.append(f"| {name} | {_fmt(value)} | {counts.get(name, '')} |")
         lines.append("")
-    errors = scores.get("image_errors") or []
+    errors = scores.get("errors") or []
     if errors:
-        lines.append(f"{len(errors)} row(s) had an undecodable image and were scored with an empty prediction: "
-                     + ", ".join(str(e["index"]) for e in errors[:20]) + (" ..." if len(errors) > 20 else ""))
+        lines.append(f"{len(errors)} row(s) failed and were scored with an empty prediction (see {ERRORS_FILE}): "
+                     + ", ".join(f"{e['index']} ({e.get('stage')})" for e in errors[:20])
+                     + (" ..." if len(errors) > 20 else ""))
         lines.append("")
     return "\n".join(lines)
 
@@ -181,6 +196,19 @@ def _read_errors(path: Path) -> list[dict[str, str]]:
         except json.JSONDecodeError:
             continue  # a torn last line from an interrupted run
     return errors
+
+
+def _predict_rows(predictor: Predictor, requests: Sequence[Request]) -> list[str | ValueError]:
+    """The predictor's answers; a ``ValueError`` is confined to its row by retrying the rows one by one."""
+    try:
+        answers = predictor(requests)
+    except ValueError as e:
+        if len(requests) == 1:
+            return [e]
+        return [out for req in requests for out in _predict_rows(predictor, [req])]
+    if len(answers) != len(requests):
+        raise RuntimeError(f"predictor returned {len(answers)} answers for {len(requests)} requests")
+    return list(answers)
 
 
 def _check_run_identity(out_dir: Path, task: str, data: Path) -> None:
@@ -248,6 +276,11 @@ def run_benchmark(
                disable=not progress, dynamic_ncols=True)
     try:
         with PredictionWriter(pred_path, header) as writer, open(err_path, "a", encoding="utf-8") as err_file:
+
+            def failed(row: Row, stage: str, error: Exception) -> None:
+                record = {"index": str(row["index"]), "stage": stage, "error": str(error)}
+                err_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+
             for k, start in enumerate(range(0, len(todo), batch_size)):
                 batch = todo[start : start + batch_size]
                 predictions: list[str] = [""] * len(batch)
@@ -257,15 +290,19 @@ def run_benchmark(
                     try:
                         images = resolver.images(row) if task.needs_image else []
                     except ImageDecodeError as e:
-                        err_file.write(json.dumps({"index": str(row["index"]), "error": str(e)}) + "\n")
+                        failed(row, "image", e)
                         continue
-                    requests.append(Request(task.prompt(row), images))
+                    try:
+                        prompt = task.prompt(row)
+                    except ValueError as e:
+                        failed(row, "prompt", e)
+                        continue
+                    requests.append(Request(prompt, images))
                     slots.append(i)
-                if requests:
-                    answers = predictor(requests)
-                    if len(answers) != len(requests):
-                        raise RuntimeError(f"predictor returned {len(answers)} answers for {len(requests)} requests")
-                    for i, answer in zip(slots, answers):
+                for i, answer in zip(slots, _predict_rows(predictor, requests) if requests else []):
+                    if isinstance(answer, ValueError):
+                        failed(batch[i], "predict", answer)
+                    else:
                         predictions[i] = answer
                 err_file.flush()
                 writer.write_rows({**{c: row.get(c) for c in header[:-1]}, "prediction": p}
@@ -281,13 +318,16 @@ def run_benchmark(
     scores = task.score(predicted)
     errors = [e for e in _read_errors(err_path) if e.get("index") in wanted]
     # De-duplicate: a batch interrupted after logging its errors is redone on resume.
-    unique = {e["index"]: e for e in errors}
+    unique = list({e["index"]: e for e in errors}.values())
+    image_errors = [e for e in unique if e.get("stage") == "image"]
     scores.update({
         "data": str(data),
         "rows_in_file": len(table.rows),
         "complete": len(predicted) == len(rows),
-        "image_errors": list(unique.values()),
-        "n_image_errors": len(unique),
+        "errors": unique,
+        "n_errors": len(unique),
+        "image_errors": image_errors,
+        "n_image_errors": len(image_errors),
         "predictions": str(pred_path),
     })
     json_path, md_path = out / "scores.json", out / "scores.md"

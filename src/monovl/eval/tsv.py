@@ -36,6 +36,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..processing.image import ImageLoadError, open_image
+
 __all__ = [
     "Row",
     "Table",
@@ -163,10 +165,12 @@ def parse_answer_list(cell: object) -> list[str]:
 
 
 def decode_base64_image(data: str) -> Image.Image:
-    """base64 -> RGB PIL image; any failure is an :class:`ImageDecodeError`.
+    """base64 -> PIL image, fully decoded; any failure is an :class:`ImageDecodeError`.
 
-    RGBA/LA/P (and any other mode) become RGB, as VEK's ``decode_base64_to_image``
-    does; the image is fully decoded here so truncated files fail now, not later.
+    Decoded by :func:`monovl.processing.image.open_image`, the loader of every
+    image input, so truncated files fail now, not later. The image keeps its
+    stored mode and EXIF data: the processor turns it into RGB (EXIF
+    orientation, transparency, 16-bit range) as its settings say.
     """
     try:
         raw = base64.b64decode(data.strip(), validate=False)
@@ -175,11 +179,9 @@ def decode_base64_image(data: str) -> Image.Image:
     if not raw:
         raise ImageDecodeError("the base64 data decodes to nothing")
     try:
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, SyntaxError...)
-        raise ImageDecodeError(f"not a readable image: {type(e).__name__}: {e}") from None
-    return img if img.mode == "RGB" else img.convert("RGB")
+        return open_image(raw)
+    except ImageLoadError as e:
+        raise ImageDecodeError(str(e)) from None
 
 
 class ImageResolver:

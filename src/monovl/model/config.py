@@ -29,6 +29,56 @@ class VisionConfig:
         return self.image_size // self.patch_size
 
 
+def read_rope(d: dict[str, Any], default_theta: float) -> tuple[float, dict | None]:
+    """(rope_theta, rope_scaling) from an LLM config dict, in either vocabulary:
+
+    - transformers 4 / official InternLM2: `rope_theta`, and `rope_scaling` {"type" or "rope_type", "factor"};
+    - transformers 5: `rope_parameters` {"rope_type", "factor", "rope_theta"}.
+
+    Precedence follows transformers 5 (`convert_rope_params_to_dict`): a `rope_scaling` dict wins over
+    `rope_parameters`, and a `rope_theta` inside the chosen dict wins over the top-level one. Scaling
+    comes back in the official two-key form {"type", "factor"}, or None for the default RoPE.
+    ValueError for anything the decoder cannot compute (it has one RoPE, full-width, linear or dynamic).
+    """
+    legacy, params = d.get("rope_scaling"), d.get("rope_parameters")
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        raise ValueError(f"per-layer-type rope_parameters ({', '.join(params)}) are not supported: "
+                         "monovl's decoder has one RoPE for all layers")
+    chosen = legacy or params or {}
+    if not isinstance(chosen, dict):
+        raise ValueError(f"rope_scaling / rope_parameters must be a dict, got {chosen!r}")
+    theta = chosen.get("rope_theta", d.get("rope_theta"))
+    if theta is None and isinstance(params, dict):
+        theta = params.get("rope_theta")  # rope_scaling held only the scaling, rope_parameters the base
+    theta = float(default_theta if theta is None else theta)
+    partial = float(chosen.get("partial_rotary_factor", 1.0))
+    if partial != 1.0:
+        raise ValueError(f"partial_rotary_factor {partial} is not supported: the decoder rotates the whole head")
+    kind = chosen.get("rope_type", chosen.get("type", "default"))
+    if kind in (None, "default"):
+        return theta, None
+    if kind not in ("linear", "dynamic"):
+        raise ValueError(f"RoPE scaling {kind!r} is not supported by monovl's decoder (only 'linear' and 'dynamic')")
+    factor = chosen.get("factor")
+    if not isinstance(factor, (int, float)) or factor < 1:
+        # The same rule as the official InternLM2 config, which refuses a factor below 1.
+        raise ValueError(f"RoPE scaling {kind!r} needs a factor >= 1, got {factor!r}")
+    return theta, {"type": kind, "factor": float(factor)}
+
+
+def write_rope(d: dict[str, Any], cfg: "LLMConfig") -> None:
+    """Put our RoPE settings into a config dict `d`: always the official `rope_theta` + `rope_scaling`
+    (what official code reads), and `rope_parameters` rewritten to agree when the file had one
+    (what transformers 5 reads), so no stale value survives a save."""
+    d["rope_theta"] = cfg.rope_theta
+    d["rope_scaling"] = copy.deepcopy(cfg.rope_scaling)
+    if isinstance(d.get("rope_parameters"), dict):
+        kind = cfg.rope_scaling["type"] if cfg.rope_scaling else "default"
+        d["rope_parameters"] = {"rope_type": kind, "rope_theta": cfg.rope_theta}
+        if cfg.rope_scaling:
+            d["rope_parameters"]["factor"] = cfg.rope_scaling["factor"]
+
+
 @dataclass
 class LLMConfig:
     """An InternLM2-style decoder with visual experts."""
@@ -41,7 +91,9 @@ class LLMConfig:
     num_key_value_heads: int = 8
     rms_norm_eps: float = 1e-5
     rope_theta: float = 1e6
-    rope_scaling: dict | None = None  # {"type": "dynamic"|"linear", "factor": f}
+    # {"type": "dynamic"|"linear", "factor": f}: the official two-key form, which official code
+    # validates; {"rope_type": ...} is accepted and normalised to it (see `read_rope`).
+    rope_scaling: dict | None = None
     max_position_embeddings: int = 32768
     tie_word_embeddings: bool = False
     # v1.5: separate wqkv/wo for image tokens (reference 9.2, our layout).
@@ -62,10 +114,8 @@ class LLMConfig:
                 f"num_attention_heads {self.num_attention_heads} is not a multiple of "
                 f"num_key_value_heads {self.num_key_value_heads}"
             )
-        if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
-            if kind not in ("dynamic", "linear"):
-                raise ValueError(f"rope_scaling type must be 'dynamic' or 'linear', got {kind!r}")
+        self.rope_theta, self.rope_scaling = read_rope(
+            {"rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling}, self.rope_theta)
 
     @property
     def head_dim(self) -> int:
@@ -124,7 +174,10 @@ class MonoConfig:
         vision = VisionConfig(**{f.name: vd[f.name] for f in fields(VisionConfig) if f.name in vd})
         if "force_image_size" in d and d["force_image_size"]:
             vision.image_size = d["force_image_size"]
-        llm = LLMConfig(**{f.name: ld[f.name] for f in fields(LLMConfig) if f.name in ld})
+        rope = {"rope_theta", "rope_scaling"}
+        llm = LLMConfig(**{f.name: ld[f.name] for f in fields(LLMConfig) if f.name in ld and f.name not in rope})
+        # Either RoPE vocabulary (a transformers 5 save keeps them only in `rope_parameters`).
+        llm.rope_theta, llm.rope_scaling = read_rope(ld, llm.rope_theta)
         known = {f.name for f in fields(cls)} - {"vision", "llm", "extra"}
         top = {k: d[k] for k in known if k in d}
         return cls(vision=vision, llm=llm, extra=d, **top)
@@ -148,6 +201,7 @@ class MonoConfig:
         vd.setdefault("architectures", ["InternVisionPatchModel"])
         ld = d.setdefault("llm_config", {})
         ld.update(asdict(self.llm))
+        write_rope(ld, self.llm)
         if not self.llm.attention_experts:
             ld.pop("attention_experts")  # keep v1 files exactly in the official vocabulary
         ld["model_type"] = "internlm2"

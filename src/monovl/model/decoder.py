@@ -111,15 +111,43 @@ class Rotary(nn.Module):
         exponent = torch.arange(0, self.dim, 2, dtype=torch.int64, device=device).float() / self.dim
         return 1.0 / (base**exponent)
 
-    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, seq_len: int, dtype: torch.dtype,
+                segments: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """positions [B, T] -> cos, sin [B, T, 1, 1, head_dim], broadcast over the packed
-        [B, T, n_kv, heads per group, head_dim] projections (fp32 math, cast to the activation dtype)."""
+        [B, T, n_kv, heads per group, head_dim] projections (fp32 math, cast to the activation dtype).
+
+        `seq_len` (past + T) bounds every sample's length; `segments` [B, past+T] is the decoder's
+        (0 = padding, equal positive ids = one sample) or None for one sample per row. Dynamic NTK
+        takes each sample's own length, so a left-padded or packed sample gets the rotation it gets
+        alone (the official code uses the padded length for the whole batch).
+        """
         t = positions.float()
         if self.kind == "linear":
             t = t / self.factor
-        freqs = t[..., None] * self.inv_freq(seq_len, positions.device)
+        if self.kind == "dynamic" and seq_len > self.max_pos:
+            # Below the bound every sample uses the plain base: no per-sample work, no host sync.
+            lengths, idx = sample_lengths(positions, segments).unique(return_inverse=True)
+            table = torch.stack([self.inv_freq(n, positions.device) for n in lengths.tolist()])
+            freqs = t[..., None] * table[idx]  # [B, T, dim/2]: the same products as the shared vector
+        else:
+            freqs = t[..., None] * self.inv_freq(seq_len, positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, None]
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def sample_lengths(positions: torch.Tensor, segments: torch.Tensor | None) -> torch.Tensor:
+    """[B, T]: the length so far of the sample each new token belongs to, 1 + its largest position.
+
+    That is a row's real-token count for left-padded rows (positions are cumsum(mask) - 1) and the
+    sample's own length for packed rows (positions restart per sample). Positions grow along a
+    sample and cached tokens precede the chunk, so the chunk's largest position is the largest so far.
+    Padding (segment 0) gets a length too; its outputs are never read.
+    """
+    b, t = positions.shape
+    seg = torch.zeros_like(positions) if segments is None else segments[:, -t:].long()
+    top = torch.zeros(b, int(seg.max()) + 1, dtype=torch.long, device=positions.device)
+    top = top.scatter_reduce(1, seg, positions.long() + 1, reduce="amax")
+    return top.gather(1, seg)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -267,7 +295,7 @@ class LanguageModel(nn.Module):
         if training and visual_mask is None:
             visual_mask = torch.zeros(b, t, dtype=torch.bool, device=embeds.device)
         route = Route.from_mask(visual_mask, self.naive_routing, touch_all=training)
-        cos, sin = self.rotary(positions, past + t, embeds.dtype)
+        cos, sin = self.rotary(positions, past + t, embeds.dtype, segments)
         mask, causal = attention_mask_for(segments, past, t, embeds.device)
         x = embeds
         for i, layer in enumerate(self.model.layers):

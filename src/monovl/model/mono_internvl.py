@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.safetensors_io import CheckpointError, check_against, iter_tensors, save_tensors, tensor_shapes
+from ..processing.processor import checkpoint_stop_token_ids
 from .config import MonoConfig
 from .decoder import LanguageModel
 from .kv_cache import KVCache
@@ -63,6 +64,9 @@ class MonoInternVL(nn.Module):
         self.language_model = LanguageModel(llm)
         # `<IMG_CONTEXT>` id; set from the checkpoint's tokenizer by from_pretrained.
         self.image_token_id: int | None = None
+        # generate()'s default stop set: the checkpoint template's end of turn and EOS ids, set by
+        # from_pretrained (None: the config's EOS only, e.g. a checkpoint without a tokenizer).
+        self.stop_token_ids: list[int] | None = None
 
     @property
     def num_image_token(self) -> int:
@@ -156,7 +160,9 @@ class MonoInternVL(nn.Module):
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                  image_token_id: int | None = None, max_new_tokens: int = 16, do_sample: bool = False,
                  stop_token_ids: list[int] | None = None, **kwargs) -> torch.LongTensor:
-        """New tokens only, [B, n]. `stop_token_ids=None` uses the model's EOS; `[]` means no stop token.
+        """New tokens only, [B, n]. `stop_token_ids=None` stops where a turn ends: the checkpoint's
+        template stop tokens and EOS ids (`MonoProcessor.stop_token_ids`), or the config's EOS when the
+        checkpoint has no tokenizer; `[]` means no stop token.
 
         Extra keyword arguments (temperature, top_p, top_k, repetition_penalty, seed, attention_mask)
         go to `monovl.engine.Engine.generate`.
@@ -166,7 +172,7 @@ class MonoInternVL(nn.Module):
         sampling_keys = {"temperature", "top_p", "top_k", "repetition_penalty", "seed"}
         sampling = SamplingParams(do_sample=do_sample, **{k: kwargs.pop(k) for k in list(kwargs) if k in sampling_keys})
         if stop_token_ids is None:
-            stop_token_ids = [self.config.llm.eos_token_id]
+            stop_token_ids = self.stop_token_ids or [self.config.llm.eos_token_id]
         return Engine(self).generate(input_ids, pixel_values=pixel_values, image_token_id=image_token_id,
                                      max_new_tokens=max_new_tokens, sampling=sampling,
                                      stop_token_ids=stop_token_ids, **kwargs)
@@ -198,6 +204,7 @@ class MonoInternVL(nn.Module):
         if config.llm.tie_word_embeddings:
             model.language_model.output.weight = model.language_model.model.tok_embeddings.weight
         model.image_token_id = _image_token_id(path, config)
+        model.stop_token_ids = checkpoint_stop_token_ids(path)
         return model.eval()
 
     def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3,

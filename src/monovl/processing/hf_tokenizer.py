@@ -392,11 +392,18 @@ class HFTokenizer(SpecialTokenIds):
         return bytes([int(m.group(1), 16)]) if m else None
 
     # ------------------------------------------------------------ encode/decode
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
-        """Token ids of ``text``; BOS first when ``add_bos`` and the tokenizer uses one. Never EOS."""
+    def encode(self, text: str, add_bos: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``; BOS first when ``add_bos`` and the tokenizer uses one. Never EOS.
+
+        ``parse_special=False`` encodes every special-token string as ordinary text (literal user text).
+        """
         if not isinstance(text, str):
             raise ValueError(f"encode expects a str, got {type(text).__name__}")
-        ids = self._tk.encode(text, add_special_tokens=False).ids
+        self._tk.encode_special_tokens = not parse_special
+        try:
+            ids = self._tk.encode(text, add_special_tokens=False).ids
+        finally:
+            self._tk.encode_special_tokens = False
         if add_bos and self._add_bos:
             ids = [self.bos_token_id, *ids]
         return ids

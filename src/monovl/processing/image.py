@@ -12,10 +12,17 @@ The published preprocessing is reproduced exactly, including its quirks:
 
 No torchvision here: ToTensor + Normalize are re-done with numpy/torch, with the
 same float32 operation order so the values match bit for bit.
+
+Loading differs from the official ``load_image`` by default (:func:`to_rgb`):
+the EXIF orientation is applied and transparency is composited onto white, as
+vLLM and SGLang do; ``official_convert=True`` restores the plain
+``convert('RGB')``. 16-bit and float images are mapped to 8 bits in both modes.
+Tile budgets are bounded by :data:`MAX_TILES`.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,74 +30,161 @@ from typing import Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "ImageInput",
     "ImageLoadError",
+    "MAX_TILES",
     "TilingResult",
     "candidate_grids",
+    "check_tile_budget",
     "choose_grid",
     "dynamic_tiles",
     "load_image",
+    "open_image",
     "preprocess_images",
     "split_tile_budget",
     "tile_image",
     "tiles_to_tensor",
+    "to_rgb",
 ]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-# Anything a caller may hand us as "an image".
-ImageInput = Union[str, os.PathLike, Image.Image]
+# Anything a caller may hand us as "an image": a path, encoded file bytes, a PIL image.
+ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 
 
 class ImageLoadError(ValueError):
-    """A path that does not hold a readable image (missing, empty, truncated, corrupt)."""
+    """A path or bytes that do not hold a readable image (missing, empty, truncated, corrupt)."""
 
 
-def load_image(image: ImageInput) -> Image.Image:
-    """Open ``image`` (a path or a PIL image) and return a fully decoded RGB copy.
+# Upper bound on a tile budget. Tiling cost grows with the budget (a 1x4000
+# image gets a 1x64 grid at 64), and 64 tiles are already 16,384 image tokens
+# at 256 per tile, several times the 6-24 that InternVL models are run with.
+MAX_TILES = 64
 
-    Alpha is dropped with ``convert('RGB')`` (no compositing onto white) and EXIF
-    orientation is ignored, exactly like the official ``load_image``.
+
+def check_tile_budget(max_num: int, what: str = "max_num") -> int:
+    """Return ``max_num`` if it is an int in ``1..MAX_TILES``, else raise ``ValueError`` naming the bound."""
+    if not isinstance(max_num, int) or isinstance(max_num, bool) or not 1 <= max_num <= MAX_TILES:
+        raise ValueError(f"{what} must be an int from 1 to {MAX_TILES} (MAX_TILES), got {max_num!r}")
+    return max_num
+
+
+def open_image(image: ImageInput) -> Image.Image:
+    """Fully decode a path, encoded bytes or PIL image, keeping its stored mode and metadata.
+
+    This is the one place images are read from files and bytes (chat, training
+    records, TSV base64); :func:`to_rgb` turns the result into model input.
+    Raises :class:`ImageLoadError` for anything that is not a readable image.
     """
     if isinstance(image, Image.Image):
         try:
-            return image.convert("RGB")
-        except Exception as exc:  # a lazily opened PIL image can still fail to decode here
+            image.load()  # a lazily opened PIL image can still fail to decode here
+        except Exception as exc:
             raise ImageLoadError(f"the given PIL image is not a readable image: {exc}") from exc
-    if not isinstance(image, (str, os.PathLike)):
-        raise ImageLoadError(
-            f"expected an image path or a PIL.Image, got {type(image).__name__}"
-        )
-    path = Path(image)
-    if not path.is_file():
-        reason = "no such file" if not path.exists() else "not a regular file"
-        raise ImageLoadError(f"{str(path)!r} is not a readable image ({reason})")
+        return image
+    if isinstance(image, (bytes, bytearray)):
+        if not image:
+            raise ImageLoadError("the image data is empty")
+        source, name = io.BytesIO(image), f"<{len(image)} bytes>"
+    elif isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        if not path.is_file():
+            reason = "no such file" if not path.exists() else "not a regular file"
+            raise ImageLoadError(f"{str(path)!r} is not a readable image ({reason})")
+        source, name = path, repr(str(path))
+    else:
+        raise ImageLoadError(f"expected an image path, bytes or a PIL.Image, got {type(image).__name__}")
     # A truncated file must fail loudly, never decode to a half-grey picture. Some
     # other library in the process may have flipped this global on; we force it
     # off for the duration of our own decode and put the caller's value back.
     saved_flag = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        with Image.open(path) as opened:
+        with Image.open(source) as opened:  # closing keeps the decoded pixels and EXIF
             # Image.open only parses the header; .load() decodes the pixel data so
             # truncated or corrupt payloads are detected here, not later in a resize.
             opened.load()
-            return opened.convert("RGB")
+            return opened
     except Exception as exc:
         # Pillow's decoders raise a zoo of types (OSError, SyntaxError, EOFError,
         # struct.error, zlib.error, DecompressionBombError, ...); callers only need
-        # to know that this path is unusable, and why.
-        raise ImageLoadError(
-            f"{str(path)!r} is not a readable image ({type(exc).__name__}: {exc})"
-        ) from exc
+        # to know that this input is unusable, and why.
+        raise ImageLoadError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from exc
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved_flag
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale -> 8-bit ``L``; other modes unchanged.
+
+    Pillow's own conversion clips these at 255, so a 16-bit pixel of 30000
+    would be white. Integer data (``I;16*``, and ``I``, which is how Pillow
+    opens 16-bit PNG and TIFF files) is read as 16-bit: ``round(v / 257)``
+    maps 0..65535 onto 0..255. Float (``F``) data in [0, 1] is scaled by 255,
+    other float data is read like integer data. Values outside those ranges
+    (negative, above 65535, NaN) raise :class:`ImageLoadError`.
+    """
+    if not (image.mode.startswith("I") or image.mode == "F"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode == "F" and 0.0 <= low and high <= 1.0:
+        scale = 255.0
+    elif 0.0 <= low and high <= 65535.0:  # NaN fails both comparisons
+        scale = 1 / 257
+    else:
+        raise ImageLoadError(
+            f"a {image.mode!r} image with values from {low} to {high} cannot be mapped to 8 bits: "
+            "expected 0..65535 (or 0..1 for float images)"
+        )
+    out = Image.fromarray(np.rint(values * scale).astype(np.uint8))
+    out.info = dict(image.info)  # keeps the EXIF orientation
+    if isinstance(out.info.get("transparency"), (int, float)):  # a transparent grey level
+        out.info["transparency"] = int(np.rint(out.info["transparency"] * scale))
+    return out
+
+
+def to_rgb(image: Image.Image, official_convert: bool = False) -> Image.Image:
+    """A decoded PIL image -> 8-bit RGB model input.
+
+    Default (what vLLM and SGLang do): the EXIF orientation is applied
+    (``ImageOps.exif_transpose``, so a phone photo is upright) and any
+    transparency is composited onto white (a transparent logo stays visible).
+    ``official_convert=True`` is the official InternVL ``load_image``: a plain
+    ``convert('RGB')``, EXIF orientation ignored, alpha dropped (transparent
+    pixels show their stored colour, often black). High bit depth images are
+    mapped to 8 bits in both modes (see :func:`_to_8bit`).
+    """
+    if not official_convert:
+        image = ImageOps.exif_transpose(image)
+    image = _to_8bit(image)
+    if not official_convert and image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_image(image: ImageInput, official_convert: bool = False) -> Image.Image:
+    """Open ``image`` (a path, encoded bytes or a PIL image) and return a fully decoded RGB image.
+
+    :func:`open_image` then :func:`to_rgb`; ``official_convert`` is explained
+    there. Raises :class:`ImageLoadError` for unreadable input.
+    """
+    opened = open_image(image)
+    try:
+        return to_rgb(opened, official_convert)
+    except ImageLoadError:
+        raise
+    except Exception as exc:  # e.g. a corrupt EXIF block
+        raise ImageLoadError(f"cannot convert the image to RGB ({type(exc).__name__}: {exc})") from exc
 
 
 def candidate_grids(min_num: int = 1, max_num: int = 12) -> list[tuple[int, int]]:
@@ -100,19 +194,25 @@ def candidate_grids(min_num: int = 1, max_num: int = 12) -> list[tuple[int, int]
     with the same tile count keep the set's iteration order. That order is
     deterministic in CPython (small-int tuples hash identically across runs and
     PYTHONHASHSEED values), but it depends on the set's size and insertion
-    history, so we build the set with the same generator, in the same order,
-    rather than imposing a "nicer" tie order that could pick a different grid.
+    history. The official generator loops over ``n, i, j`` up to ``max_num``
+    (cubic time); we insert the same grids in the same first-seen order (a
+    repeated insert does not change a set), visiting only valid grids.
+    ``max_num`` may be at most :data:`MAX_TILES`; a larger value raises.
     """
-    if min_num < 1 or max_num < min_num:
+    if not 1 <= min_num <= max_num:
         raise ValueError(f"need 1 <= min_num <= max_num, got min_num={min_num}, max_num={max_num}")
-    grids = set(
-        (i, j)
-        for n in range(min_num, max_num + 1)
-        for i in range(1, n + 1)
-        for j in range(1, n + 1)
-        if min_num <= i * j <= max_num
-    )
-    return sorted(grids, key=lambda g: g[0] * g[1])
+    check_tile_budget(max_num)
+
+    def fits(i: int, j: int) -> bool:
+        return min_num <= i * j <= max_num
+
+    # n = min_num: every (i, j) with i, j <= min_num. Each later n adds the
+    # grids whose larger side is n: (i, n) for i < n, then (n, j) for j <= n.
+    order = [(i, j) for i in range(1, min_num + 1) for j in range(1, min_num + 1) if fits(i, j)]
+    for n in range(min_num + 1, max_num + 1):
+        order += [(i, n) for i in range(1, min(n - 1, max_num // n) + 1) if fits(i, n)]
+        order += [(n, j) for j in range(1, min(n, max_num // n) + 1) if fits(n, j)]
+    return sorted(set(order), key=lambda g: g[0] * g[1])
 
 
 def choose_grid(
@@ -169,7 +269,7 @@ def tile_image(
     if image_size < 1:
         raise ValueError(f"image_size must be positive, got {image_size}")
     if image.mode != "RGB":
-        image = image.convert("RGB")
+        image = to_rgb(image)
     width, height = image.size
     if width < 1 or height < 1:
         raise ValueError(f"cannot tile an empty image of size {width}x{height}")
@@ -241,6 +341,7 @@ def preprocess_images(
     use_thumbnail: bool = True,
     min_num: int = 1,
     share_budget: bool = True,
+    official_convert: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
     """Load, tile and normalise one or more images.
 
@@ -249,20 +350,21 @@ def preprocess_images(
     each image may use ``max(1, max_num // num_images)`` tiles, the rule of the
     official multi-image training; with ``share_budget=False`` every image gets
     the full ``max_num`` (what the README's multi-image chat example does).
+    ``max_num`` above :data:`MAX_TILES` raises ``ValueError``; ``official_convert``
+    is explained in :func:`to_rgb`.
     """
-    if isinstance(images, (str, os.PathLike, Image.Image)):
+    if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
         images = [images]
     images = list(images)
     if not images:
         raise ValueError("preprocess_images needs at least one image")
-    if max_num < 1:
-        raise ValueError(f"max_num must be >= 1, got {max_num}")
+    check_tile_budget(max_num)
     per_image_max = split_tile_budget(max_num, len(images)) if share_budget else max_num
     per_image_min = min(min_num, per_image_max)
     chunks: list[torch.Tensor] = []
     counts: list[int] = []
     for item in images:
-        pil = load_image(item)
+        pil = load_image(item, official_convert)
         tiles = dynamic_tiles(pil, image_size, per_image_min, per_image_max, use_thumbnail)
         chunks.append(tiles_to_tensor(tiles, image_size))
         counts.append(len(tiles))

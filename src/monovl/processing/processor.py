@@ -16,24 +16,33 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypedDict
 import torch
 from PIL import Image
 
-from .image import ImageInput, preprocess_images
-from .prompt import ChatTemplate, build_prompt, get_template, normalise_history
+from .grounding import GROUNDING_TOKENS
+from .chat_template import JinjaChatTemplate, encode_prompt, literal_marker, read_chat_template, unmark
+from .image import ImageInput, check_tile_budget, preprocess_images
+from .prompt import IMAGE_PLACEHOLDER, ChatTemplate, available_templates, build_prompt, get_template, normalise_history
 from .tokenizer import IMG_CONTEXT, IMG_END, IMG_START, IncrementalDecoder, Tokenizer, load_tokenizer
 
 if TYPE_CHECKING:
     from .hf_tokenizer import HFTokenizer
 
-__all__ = ["MonoProcessor", "ProcessorOutput", "vision_settings_from_config"]
+__all__ = [
+    "MonoProcessor",
+    "ProcessorOutput",
+    "checkpoint_stop_token_ids",
+    "checkpoint_template",
+    "generation_eos_ids",
+    "vision_settings_from_config",
+]
 
 _REQUEST_KEYS = frozenset({"question", "images", "history", "system_message", "max_tiles"})
 
 
 class ProcessorOutput(TypedDict):
-    input_ids: torch.Tensor  # LongTensor [1, T], BOS first when the tokenizer uses one
+    input_ids: torch.Tensor  # LongTensor [1, T], BOS first when the tokenizer or the template adds one
     pixel_values: torch.Tensor | None  # FloatTensor [sum(tiles), 3, S, S]
     image_token_id: int  # id of <IMG_CONTEXT>: where image features are written
     tiles_per_image: list[int]  # tiles of each image, thumbnail included
-    prompt: str  # the rendered prompt string (without BOS), for logging/debugging
+    prompt: str  # the rendered prompt string (BOS only where the template writes it), for logging/debugging
 
 
 def vision_settings_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,34 +76,105 @@ def vision_settings_from_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _read_config(root: Path, name: str) -> dict[str, Any]:
+    path = root / name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{str(path)!r} must hold a JSON object")
+    return data
+
+
+def checkpoint_template(directory: str | os.PathLike, name: str, tokenizer: "Tokenizer | HFTokenizer"
+                        ) -> "ChatTemplate | JinjaChatTemplate":
+    """The chat template of a checkpoint whose ``config.json`` says ``template: name``.
+
+    A built-in name (``internlm2-chat``, as in official Mono-InternVL checkpoints, whose official
+    ``chat()`` uses that template too; ``chatml``; ``smollm2``) gives that template. Any other value
+    (``jinja``, what ``monovl upcycle`` writes) means the checkpoint's own Jinja template
+    (:func:`~monovl.processing.chat_template.read_chat_template`); ValueError if it has none.
+    """
+    if name in available_templates():
+        return get_template(name)
+    source = read_chat_template(directory)
+    if source is None:
+        raise ValueError(
+            f"config.json of {str(directory)!r} names chat template {name!r}, which is not built in "
+            f"({', '.join(available_templates())}), and the checkpoint has no chat_template.jinja or "
+            "tokenizer_config.json chat_template"
+        )
+    return JinjaChatTemplate(source, tokenizer)
+
+
+def generation_eos_ids(directory: str | os.PathLike) -> list[int]:
+    """``eos_token_id`` of ``generation_config.json`` (an int or a list) as a list; [] without the file."""
+    root = Path(directory)
+    if not (root / "generation_config.json").is_file():
+        return []
+    value = _read_config(root, "generation_config.json").get("eos_token_id")
+    values = value if isinstance(value, list) else [] if value is None else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"generation_config.json in {str(root)!r}: eos_token_id must be ints, got {value!r}")
+    return values
+
+
+def _stop_ids(template: Any, tokenizer: Any, extra: Sequence[int]) -> list[int]:
+    # The template's stop tokens, the tokenizer's EOS, then generation_config's EOS ids; no repeats.
+    ids = [*template.stop_token_ids(tokenizer), tokenizer.eos_token_id, *extra]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def checkpoint_stop_token_ids(directory: str | os.PathLike) -> list[int] | None:
+    """The ids that end a turn for a checkpoint (:attr:`MonoProcessor.stop_token_ids`), or None when
+    the directory has no tokenizer. ``MonoInternVL.generate`` stops on them by default."""
+    root = Path(directory)
+    if not ((root / "tokenizer.json").is_file() or (root / "tokenizer.model").is_file()):
+        return None
+    tokenizer = load_tokenizer(root)
+    name = _read_config(root, "config.json").get("template") or "internlm2-chat"
+    return _stop_ids(checkpoint_template(root, name, tokenizer), tokenizer, generation_eos_ids(root))
+
+
 class MonoProcessor:
     """Build model inputs for Mono-InternVL chat prompts."""
 
     def __init__(
         self,
         tokenizer: "Tokenizer | HFTokenizer",
-        template: str | ChatTemplate = "internlm2-chat",
+        template: "str | ChatTemplate | JinjaChatTemplate" = "internlm2-chat",
         image_size: int = 448,
         num_image_token: int = 256,
         max_num: int = 12,
         min_num: int = 1,
         use_thumbnail: bool = True,
         share_tile_budget: bool = True,
+        official_convert: bool = False,
+        eos_token_ids: Sequence[int] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.template = get_template(template)
+        self.eos_token_ids = list(eos_token_ids)  # generation_config.json's, added to the stop set
+        # Every special-token string in user text stays text; "<image>" is the placeholder that
+        # image blocks replace, so it is left to the splicing.
+        self._literal = literal_marker(tokenizer, exclude=(IMAGE_PLACEHOLDER,))
         if image_size < 1 or num_image_token < 1:
             raise ValueError(
                 f"image_size and num_image_token must be positive, got {image_size} and {num_image_token}"
             )
         if not 1 <= min_num <= max_num:
             raise ValueError(f"need 1 <= min_num <= max_num, got {min_num} and {max_num}")
+        check_tile_budget(max_num, "max_num (max_dynamic_patch)")
         self.image_size = image_size
         self.num_image_token = num_image_token
         self.max_num = max_num
         self.min_num = min_num
         self.use_thumbnail = use_thumbnail
         self.share_tile_budget = share_tile_budget
+        # False: EXIF orientation and transparency onto white (vLLM/SGLang); True: the
+        # official plain convert('RGB'). See monovl.processing.image.to_rgb.
+        self.official_convert = official_convert
         ids = {tok: tokenizer.token_to_id(tok) for tok in (IMG_START, IMG_END, IMG_CONTEXT)}
         missing = [tok for tok, idx in ids.items() if idx is None]
         if missing:
@@ -116,22 +196,22 @@ class MonoProcessor:
         """Read ``config.json`` and the tokenizer files of a checkpoint directory.
 
         The tokenizer backend is chosen by :func:`~monovl.processing.tokenizer.load_tokenizer`
-        (sentencepiece ``tokenizer.model`` or Hugging Face ``tokenizer.json``).
+        (sentencepiece ``tokenizer.model`` or Hugging Face ``tokenizer.json``); the chat template by
+        :func:`checkpoint_template`; ``generation_config.json`` EOS ids join the stop set.
 
         ``overrides`` replace config values (e.g. ``max_num=12`` for README-style
         inference on a checkpoint whose config says 6).
         """
         root = Path(directory)
-        config_path = root / "config.json"
-        if not config_path.is_file():
+        if not (root / "config.json").is_file():
             raise ValueError(f"no config.json in {str(root)!r}")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read {str(config_path)!r}: {exc}") from exc
+        config = _read_config(root, "config.json")
         settings = vision_settings_from_config(config)
         settings.update(overrides)
         tok = tokenizer if tokenizer is not None else load_tokenizer(root)
+        if isinstance(settings["template"], str):
+            settings["template"] = checkpoint_template(root, settings["template"], tok)
+        settings.setdefault("eos_token_ids", generation_eos_ids(root))
         processor = cls(tok, **settings)
         vocab = (config.get("llm_config") or {}).get("vocab_size")
         if vocab is not None and len(tok) > int(vocab):
@@ -143,13 +223,27 @@ class MonoProcessor:
     # --------------------------------------------------------------- helpers
     @property
     def stop_token_ids(self) -> list[int]:
-        return self.template.stop_token_ids(self.tokenizer)
+        """The template's stop tokens (end of turn), the tokenizer's EOS and ``eos_token_ids``, in that order."""
+        return _stop_ids(self.template, self.tokenizer, self.eos_token_ids)
+
+    def _skipped_ids(self) -> frozenset[int]:
+        # Special tokens minus the grounding markup (<ref>, <box>, <quad> and their ends):
+        # InternVL answers with those, as transformers keeps them for InternVL tokenizers.
+        kept = {self.tokenizer.token_to_id(t) for t in GROUNDING_TOKENS}
+        return frozenset(self.tokenizer.all_special_ids - kept)
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        """Text of ``ids``; ``skip_special_tokens`` drops specials but keeps grounding markup."""
+        if not skip_special_tokens:
+            return self.tokenizer.decode(ids, skip_special_tokens=False)
+        skipped = self._skipped_ids()
+        return self.tokenizer.decode([t for t in ids if int(t) not in skipped], skip_special_tokens=False)
 
     def incremental_decoder(self, skip_special_tokens: bool = True) -> IncrementalDecoder:
-        return IncrementalDecoder(self.tokenizer, skip_special_tokens=skip_special_tokens)
+        """Streaming twin of :meth:`decode` (same rule for special tokens)."""
+        if not skip_special_tokens:
+            return IncrementalDecoder(self.tokenizer, skip_special_tokens=False)
+        return _SkippingDecoder(self.tokenizer, self._skipped_ids())
 
     def extract_response(self, text: str) -> str:
         return self.template.extract_response(text)
@@ -158,13 +252,13 @@ class MonoProcessor:
     def _normalise_images(images: Any) -> list[ImageInput]:
         if images is None:
             return []
-        if isinstance(images, (str, os.PathLike, Image.Image)):
+        if isinstance(images, (str, os.PathLike, bytes, Image.Image)):
             return [images]
         if isinstance(images, (list, tuple)):
             for k, item in enumerate(images):
-                if not isinstance(item, (str, os.PathLike, Image.Image)):
+                if not isinstance(item, (str, os.PathLike, bytes, Image.Image)):
                     raise ValueError(
-                        f"images[{k}] must be a path or a PIL.Image, got {type(item).__name__}"
+                        f"images[{k}] must be a path, image bytes or a PIL.Image, got {type(item).__name__}"
                     )
             return list(images)
         raise ValueError(
@@ -183,8 +277,9 @@ class MonoProcessor:
         """Prompt ids and pixel values for one conversation turn.
 
         ``images`` belong to the conversation: their blocks go into the first user
-        turn (or replace ``<image>`` placeholders). ``max_tiles`` overrides the
-        per-sample tile budget, shared among the images (see ``preprocess_images``).
+        turn (or replace ``<image>`` placeholders; with no images a placeholder is
+        ordinary text). ``max_tiles`` overrides the per-sample tile budget, shared
+        among the images (see ``preprocess_images``); it is at most ``MAX_TILES``.
         """
         if not isinstance(question, str):
             raise ValueError(f"question must be a str, got {type(question).__name__}")
@@ -194,9 +289,7 @@ class MonoProcessor:
         image_list = self._normalise_images(images)
         if not question.strip() and not image_list:
             raise ValueError("question is empty and there is no image")
-        budget = self.max_num if max_tiles is None else max_tiles
-        if not isinstance(budget, int) or isinstance(budget, bool) or budget < 1:
-            raise ValueError(f"max_tiles must be a positive int, got {max_tiles!r}")
+        budget = check_tile_budget(self.max_num if max_tiles is None else max_tiles, "max_tiles")
         texts = [question, system_message or ""] + [s for pair in history for s in pair]
         for reserved in (IMG_CONTEXT, IMG_START, IMG_END):
             if any(reserved in t for t in texts):
@@ -214,16 +307,21 @@ class MonoProcessor:
                 use_thumbnail=self.use_thumbnail,
                 min_num=min(self.min_num, budget),
                 share_budget=self.share_tile_budget,
+                official_convert=self.official_convert,
             )
-        prompt = build_prompt(
+        # No images: an "<image>" in the text is ordinary text (a question about SVG or HTML);
+        # build_prompt splices only when there are images.
+        marked = build_prompt(
             self.template,
             question,
             history=history,
             system_message=system_message,
             tiles_per_image=tiles,
             num_image_token=self.num_image_token,
+            literal=self._literal,
         )
-        ids = torch.tensor([self.tokenizer.encode(prompt, add_bos=True)], dtype=torch.long)
+        prompt = unmark(marked)
+        ids = torch.tensor([encode_prompt(self.tokenizer, marked, self.template.add_bos)], dtype=torch.long)
         found = int((ids == self.image_token_id).sum())
         expected = self.num_image_token * sum(tiles)
         if found != expected:
@@ -264,3 +362,14 @@ class MonoProcessor:
             f"num_image_token={self.num_image_token}, max_num={self.max_num}, "
             f"use_thumbnail={self.use_thumbnail}, tokenizer={self.tokenizer!r})"
         )
+
+
+class _SkippingDecoder(IncrementalDecoder):
+    """An :class:`IncrementalDecoder` that drops the ids in ``skipped`` and renders all others."""
+
+    def __init__(self, tokenizer: "Tokenizer | HFTokenizer", skipped: frozenset[int]) -> None:
+        super().__init__(tokenizer, skip_special_tokens=False)
+        self._skipped = skipped
+
+    def add(self, token_id: int) -> str:
+        return "" if int(token_id) in self._skipped else super().add(token_id)

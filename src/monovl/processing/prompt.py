@@ -13,17 +13,24 @@ system message), which put a newline after every ``<|im_end|>``:
 
     <|im_start|>system\n{sys}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n
 
-:meth:`ChatTemplate.render_segments` gives the same text as ``(text, trainable)``
-segments for building training labels.
+Checkpoints that carry a Hugging Face Jinja template use
+:class:`~monovl.processing.chat_template.JinjaChatTemplate` instead. Both kinds render a list of
+``{"role", "content"}`` messages (``render_messages``); :func:`build_prompt` and
+:func:`assistant_spans` (training labels, from growing prefixes of the conversation) work with either.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, Union
 
+from .chat_template import JinjaChatTemplate, mark_literal
 from .tokenizer import EOS_TOKEN, IM_END, IM_START, IMG_CONTEXT, IMG_END, IMG_START
+
+if TYPE_CHECKING:
+    AnyTemplate = Union["ChatTemplate", JinjaChatTemplate]
 
 __all__ = [
     "CHATML_SYSTEM_MESSAGE",
@@ -33,8 +40,10 @@ __all__ = [
     "INTERNLM2_SYSTEM_MESSAGE",
     "ChatTemplate",
     "SeparatorStyle",
+    "assistant_spans",
     "available_templates",
     "build_prompt",
+    "chat_messages",
     "get_template",
     "image_block",
     "normalise_history",
@@ -79,47 +88,8 @@ class ChatTemplate:
     stop_strings: tuple[str, ...] = ()
     # Token names whose ids end generation (resolved against a tokenizer).
     stop_tokens: tuple[str, ...] = ()
-
-    def render_segments(
-        self,
-        history: Sequence[tuple[str, str]] = (),
-        question: str | None = None,
-        system_message: str | None = None,
-        add_generation_prompt: bool = True,
-    ) -> list[tuple[str, bool]]:
-        """The prompt as ``(text, trainable)`` segments; their texts joined are :meth:`render`.
-
-        Segments, in order: the system block (system text + ``sep``); each user
-        turn (role + message + ``sep``); each assistant header (the role alone);
-        each assistant answer + ``sep``. Only answer segments are trainable, so
-        the end-of-turn token (``<|im_end|>``; for ``chatml`` ``<|im_end|>\\n``)
-        is learnt together with the answer. An empty message renders as the
-        bare role with no separator (official MPT quirk, which is how the
-        generation header is made); an empty answer therefore yields no
-        trainable segment.
-        """
-        if self.sep_style is not SeparatorStyle.MPT:
-            raise NotImplementedError(f"separator style {self.sep_style} is not implemented")
-        system = self.system_message if system_message is None else system_message
-        messages: list[tuple[int, str | None]] = []  # (role index, message)
-        for user, assistant in history:
-            messages.append((0, user))
-            messages.append((1, assistant))
-        if question is not None:
-            messages.append((0, question))
-            if add_generation_prompt:
-                messages.append((1, None))
-        segments = [(self.system_template.format(system_message=system) + self.sep, False)]
-        for role, message in messages:
-            if role == 1:
-                segments.append((self.roles[1], False))
-                if message:
-                    segments.append((message + self.sep, True))
-            elif message:
-                segments.append((self.roles[0] + message + self.sep, False))
-            else:
-                segments.append((self.roles[0], False))
-        return segments
+    # The tokenizer prepends BOS (InternLM2); the template text has none.
+    add_bos: bool = True
 
     def render(
         self,
@@ -130,22 +100,48 @@ class ChatTemplate:
     ) -> str:
         """Prompt string for ``history`` pairs, then ``question`` and the assistant header.
 
-        ``question=None`` renders only the history (a finished conversation, as
-        used for training). ``system_message=None`` means the template default.
-        Same text as :meth:`render_segments`, joined.
+        ``question=None`` renders only the history (a finished conversation, as used for training).
+        ``system_message=None`` means the template default. Turns are role + message + ``sep``; an
+        empty message renders as the bare role with no separator (official MPT quirk, which is how
+        the generation header is made).
         """
-        return "".join(
-            text for text, _ in self.render_segments(history, question, system_message, add_generation_prompt)
-        )
+        if self.sep_style is not SeparatorStyle.MPT:
+            raise NotImplementedError(f"separator style {self.sep_style} is not implemented")
+        system = self.system_message if system_message is None else system_message
+        turns: list[tuple[str, str]] = [(role, msg) for pair in history for role, msg in zip(self.roles, pair)]
+        if question is not None:
+            turns.append((self.roles[0], question))
+            if add_generation_prompt:
+                turns.append((self.roles[1], ""))
+        text = self.system_template.format(system_message=system) + self.sep
+        return text + "".join(role + message + self.sep if message else role for role, message in turns)
+
+    def render_messages(self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True) -> str:
+        """:meth:`render` for ``{"role", "content"}`` messages: an optional system message, then
+        alternating user and assistant messages (ValueError otherwise)."""
+        rest = list(messages)
+        system = rest.pop(0)["content"] if rest and rest[0].get("role") == "system" else None
+        roles = [m.get("role") for m in rest]
+        if roles != (["user", "assistant"] * len(roles))[: len(roles)]:
+            raise ValueError(f"template {self.name!r} takes an optional system message, then alternating "
+                             f"user and assistant messages; got roles {roles}")
+        pairs = [(rest[k]["content"], rest[k + 1]["content"]) for k in range(0, len(rest) - 1, 2)]
+        question = rest[-1]["content"] if len(rest) % 2 else None
+        return self.render(pairs, question, system, add_generation_prompt)
 
     def stop_token_ids(self, tokenizer: _HasTokenToId) -> list[int]:
-        """Ids of :attr:`stop_tokens`; [2, 92543, 92542] on the real InternLM2 tokenizer."""
+        """Ids of :attr:`stop_tokens`; [2, 92543, 92542] on the real InternLM2 tokenizer.
+
+        The end-of-turn token (``sep`` without whitespace) is required; other stop tokens the
+        tokenizer lacks are skipped.
+        """
         ids = []
         for token in self.stop_tokens:
             idx = tokenizer.token_to_id(token)
-            if idx is None:
+            if idx is None and token == self.sep.strip():
                 raise ValueError(f"template {self.name!r} needs stop token {token!r}, which the tokenizer lacks")
-            ids.append(idx)
+            if idx is not None:
+                ids.append(idx)
         return ids
 
     def extract_response(self, text: str) -> str:
@@ -165,9 +161,9 @@ def register_template(template: ChatTemplate, override: bool = False) -> ChatTem
     return template
 
 
-def get_template(name: str | ChatTemplate) -> ChatTemplate:
-    """Look a template up by name (a :class:`ChatTemplate` is returned unchanged)."""
-    if isinstance(name, ChatTemplate):
+def get_template(name: "str | AnyTemplate") -> "AnyTemplate":
+    """Look a built-in template up by name (a template object is returned unchanged)."""
+    if isinstance(name, (ChatTemplate, JinjaChatTemplate)):
         return name
     try:
         return _TEMPLATES[name]
@@ -291,19 +287,77 @@ def normalise_history(history: Sequence[tuple[str, str]] | None) -> list[tuple[s
     return pairs
 
 
+def chat_messages(
+    history: Sequence[tuple[str, str]] = (), question: str | None = None, system_message: str | None = None
+) -> list[dict[str, str]]:
+    """``{"role", "content"}`` messages: the system message (none when None: the template's default
+    applies), the (user, assistant) pairs, then ``question`` as the last user message."""
+    messages = [] if system_message is None else [{"role": "system", "content": system_message}]
+    for user, assistant in history:
+        messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    if question is not None:
+        messages.append({"role": "user", "content": question})
+    return messages
+
+
 def build_prompt(
-    template: str | ChatTemplate,
+    template: "str | AnyTemplate",
     question: str,
     history: Sequence[tuple[str, str]] = (),
     system_message: str | None = None,
     tiles_per_image: Sequence[int] = (),
     num_image_token: int = 256,
+    literal: re.Pattern[str] | None = None,
 ) -> str:
-    """Full generation prompt (without BOS) for a new ``question`` after ``history``."""
+    """Full generation prompt for a new ``question`` after ``history`` (BOS only if the template writes it).
+
+    The images' blocks are spliced into the user turns (:func:`splice_images`); without images the
+    text is left as it is, ``<image>`` included.
+
+    ``literal`` (from :func:`~monovl.processing.chat_template.literal_marker`) marks the control-token
+    strings in the question, history and system message, so that
+    :func:`~monovl.processing.chat_template.encode_prompt` keeps them as text; the result then holds
+    markers (``unmark`` removes them).
+    """
     tmpl = get_template(template)
     if not isinstance(question, str):
         raise ValueError(f"question must be a str, got {type(question).__name__}")
     pairs = normalise_history(history)
-    users = splice_images([u for u, _ in pairs] + [question], tiles_per_image, num_image_token)
-    spliced_history = [(u, a) for u, (_, a) in zip(users[:-1], pairs)]
-    return tmpl.render(spliced_history, users[-1], system_message=system_message)
+
+    def mark(text: str) -> str:
+        return text if literal is None else mark_literal(text, literal)
+
+    # Marked before splicing: the image blocks are the processor's markup, not user text. With no
+    # images there is nothing to splice, and an "<image>" in the text is ordinary text.
+    users = [mark(u) for u, _ in pairs] + [mark(question)]
+    if tiles_per_image:
+        users = splice_images(users, tiles_per_image, num_image_token)
+    spliced_history = [(u, mark(a)) for u, (_, a) in zip(users[:-1], pairs)]
+    system = None if system_message is None else mark(system_message)
+    return tmpl.render_messages(chat_messages(spliced_history, users[-1], system), add_generation_prompt=True)
+
+
+def assistant_spans(
+    template: "str | AnyTemplate", messages: Sequence[Mapping[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """The finished conversation's text and the ``[start, end)`` character span of each assistant turn.
+
+    Rendered from growing prefixes, as the template itself renders them: a turn's span is what
+    rendering the conversation up to and including it adds to rendering it up to the turn before,
+    with the generation prompt. So the span is the answer plus the template's end-of-turn text
+    (``a<|im_end|>``, ``a<|eot_id|>``...), and the assistant header stays outside it. Raises
+    ValueError when the template renders earlier turns differently once later turns follow.
+    """
+    tmpl = get_template(template)
+    full = tmpl.render_messages(messages, add_generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = tmpl.render_messages(messages[:i], add_generation_prompt=True)
+        after = tmpl.render_messages(messages[: i + 1], add_generation_prompt=False)
+        if not (after.startswith(before) and full.startswith(after)):
+            raise ValueError(f"the chat template renders the conversation before message {i} differently once "
+                             "later messages follow, so its answers cannot be located for training labels")
+        spans.append((len(before), len(after)))
+    return full, spans

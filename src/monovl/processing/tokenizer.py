@@ -144,6 +144,23 @@ class SpecialTokenIds:
         return None if token is None else self.token_to_id(token)
 
     @property
+    def bos_token(self) -> str | None:
+        return self._bos_token
+
+    @property
+    def eos_token(self) -> str | None:
+        return self._eos_token
+
+    @property
+    def unk_token(self) -> str | None:
+        return self._unk_token
+
+    @property
+    def all_special_tokens(self) -> list[str]:
+        """Names of :attr:`all_special_ids`, in id order: the strings a chat template's markup is made of."""
+        return [self.id_to_token(i) for i in sorted(self.all_special_ids)]
+
+    @property
     def bos_token_id(self) -> int | None:
         return self._id_or_none(self._bos_token)
 
@@ -375,7 +392,11 @@ class Tokenizer(SpecialTokenIds):
             self._pattern = re.compile("|".join(re.escape(n) for n in names))
         return self._pattern
 
-    def encode(self, text: str, add_bos: bool = True) -> list[int]:
+    def encode(self, text: str, add_bos: bool = True, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``, BOS first when ``add_bos``; never EOS.
+
+        ``parse_special=False`` encodes every special-token string as ordinary text (literal user text).
+        """
         if not isinstance(text, str):
             raise ValueError(f"encode expects a str, got {type(text).__name__}")
         ids: list[int] = []
@@ -384,6 +405,8 @@ class Tokenizer(SpecialTokenIds):
             if bos is None:
                 raise ValueError("this tokenizer has no BOS token; call encode(..., add_bos=False)")
             ids.append(bos)
+        if not parse_special:
+            return ids + self._encode_plain(text)
         pos = 0
         for match in self._special_pattern().finditer(text):
             if match.start() > pos:
@@ -392,6 +415,26 @@ class Tokenizer(SpecialTokenIds):
             pos = match.end()
         if pos < len(text):
             ids.extend(self._sp.encode(text[pos:]))
+        return ids
+
+    def _encode_plain(self, text: str) -> list[int]:
+        """Sentencepiece ids of ``text`` with no special id in them.
+
+        Sentencepiece itself always matches its user-defined pieces (InternLM2's chat tokens are such
+        pieces), so each one it emits is spelt out again: one piece per character, or the character's
+        byte-fallback pieces when it has none. Control pieces (``<s>``, ``</s>``) are never matched in text.
+        """
+        ids: list[int] = []
+        for idx in self._sp.encode(text):
+            if self._types[idx] != _PIECE_USER_DEFINED:
+                ids.append(idx)
+                continue
+            for ch in self._sp.id_to_piece(idx):
+                piece = self._sp.piece_to_id(ch)
+                if self._types[piece] == _PIECE_NORMAL and self._sp.id_to_piece(piece) == ch:
+                    ids.append(piece)
+                else:
+                    ids.extend(self._sp.piece_to_id(f"<0x{b:02X}>") for b in ch.encode("utf-8"))
         return ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from ..processing.image import check_tile_budget
+
 
 @dataclass
 class TrainConfig:
@@ -59,6 +61,7 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum", "max_length", "max_tiles", "pack_tokens", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_tile_budget(self.max_tiles, "max_tiles")  # refused now, not at the first image
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.diag_every < 0:
