@@ -10,6 +10,11 @@ held-out items of the demo's evaluation (another seed, held-out colour-shape pai
 deletes it. It also records the vision diagnostics of the run (monovl.training.diagnostics) at the
 same steps. Output: OUT/learning.json (one row per evaluation) and OUT/learning.png.
 
+`--scene single` trains and evaluates on one object per image instead (monovl/demo/single.py:
+questions that name no object, `--radius` sets the object size, held-out colour-shape pairs in the
+evaluation), the easiest rung of the world, to separate "cannot see at all" from "cannot find the
+object the question names".
+
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
 learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
 """
@@ -25,6 +30,7 @@ from pathlib import Path
 from monovl.checkpoint.upcycle import upcycle
 from monovl.demo.evaluate import load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
+from monovl.demo.single import SINGLE_TASKS, write_single_object_set
 from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
@@ -58,8 +64,18 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=plan.image_size)
     ap.add_argument("--attention-experts", action="store_true", help="v1.5: visual attention experts")
     ap.add_argument("--eval-per-task", type=int, default=12)
-    ap.add_argument("--tasks", default="count,color,shape,position,ocr_word",
-                    help=f"evaluated tasks, from {','.join(QA_TASKS)}")
+    ap.add_argument("--tasks", default=None,
+                    help=f"evaluated tasks: from {','.join(QA_TASKS)} with --scene world (default "
+                         f"count,color,shape,position,ocr_word), from {','.join(SINGLE_TASKS)} with --scene single "
+                         "(default: all three)")
+    ap.add_argument("--scene", choices=["world", "single"], default="world",
+                    help="world: the demo's datasets and evaluation; single: one object per image, questions "
+                         "that name no object (monovl/demo/single.py), trained on --tasks in turn")
+    ap.add_argument("--factorized", action="store_true",
+                    help="with --scene single: half the colour questions on shapes outside the vocabulary, half "
+                         "the shape questions on fills outside the palette (monovl/demo/single.py)")
+    ap.add_argument("--radius", default="0.2,0.4",
+                    help="with --scene single: object radius range, fractions of the shorter side")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
 
@@ -70,18 +86,36 @@ def main() -> None:
     base = upcycle(SMOLLM2, work / f"base-{tag}", image_size=args.image_size,
                    attention_experts=args.attention_experts).out
     samples = args.steps * args.batch_size
-    data = generate_curriculum(work / f"data-{args.image_size}", seed=0, image_size=args.image_size, reuse=True,
-                               sizes=CurriculumSizes(s1_1=samples, s1_2=samples, s1_3=samples, s2=samples,
-                                                     eval_per_task=0))
-    evals = generate_curriculum(work / f"data-eval-{args.image_size}", seed=plan.eval_seed, image_size=args.image_size,
-                                reuse=True, sizes=CurriculumSizes(0, 0, 0, 0, args.eval_per_task))
-    tasks = args.tasks.split(",")
-    items = [i for i in load_eval_items(evals["eval"]) if i.task in tasks]
+    if args.scene == "world":
+        tasks = (args.tasks or "count,color,shape,position,ocr_word").split(",")
+        data = generate_curriculum(work / f"data-{args.image_size}", seed=0, image_size=args.image_size, reuse=True,
+                                   sizes=CurriculumSizes(s1_1=samples, s1_2=samples, s1_3=samples, s2=samples,
+                                                         eval_per_task=0))[args.data_stage]
+        evals = generate_curriculum(work / f"data-eval-{args.image_size}", seed=plan.eval_seed,
+                                    image_size=args.image_size, reuse=True,
+                                    sizes=CurriculumSizes(0, 0, 0, 0, args.eval_per_task))
+        items = [i for i in load_eval_items(evals["eval"]) if i.task in tasks]
+    else:
+        tasks = (args.tasks or ",".join(SINGLE_TASKS)).split(",")
+        radius = tuple(float(v) for v in args.radius.split(","))
+        folder = work / f"single-{args.image_size}-r{args.radius.replace(',', '-')}"
+        data = write_single_object_set(folder / ("train-factorized" if args.factorized else "train"), tasks, samples,
+                                       seed=0, heldout=False, radius=radius, image_size=args.image_size,
+                                       factorized=args.factorized)
+        # held-out colour-shape pairs, and new images of the training pairs ("<task>_seen"): the gap
+        # between them is what the model learnt about pairs instead of colours and shapes
+        items = []
+        for heldout, suffix in ((True, ""), (False, "_seen")):
+            evals = write_single_object_set(folder / f"eval{suffix}", tasks, args.eval_per_task * len(tasks),
+                                            seed=plan.eval_seed, heldout=heldout, radius=radius,
+                                            image_size=args.image_size)
+            items += load_eval_items(evals, task_suffix=suffix)
+        tasks = tasks + [t + "_seen" for t in tasks]
 
     run = out / "run"
     if run.exists():
         shutil.rmtree(run)
-    cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data[args.data_stage]), out=str(run),
+    cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data), out=str(run),
                       max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_scales(args.lr_scale), warmup_steps=args.warmup_steps, max_length=512,
                       max_tiles=1, save_every=args.eval_every, diag_every=args.eval_every, seed=0)
@@ -107,7 +141,9 @@ def main() -> None:
               "total_s": time.perf_counter() - t0, "eval_items_per_task": args.eval_per_task}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=1))
-    plot(rows, tasks, out / "learning.png", title=f"{args.stage} on the demo world, {tag}, lr {args.lr:g}"
+    scene = ("the demo world" if args.scene == "world" else
+             f"single objects (radius {args.radius}{', factorized' if args.factorized else ''})")
+    plot(rows, tasks, out / "learning.png", title=f"{args.stage} on {scene}, {tag}, lr {args.lr:g}"
          + (f", scale {args.lr_scale}" if args.lr_scale else ""))
     print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
           f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
@@ -121,8 +157,12 @@ def plot(rows: list[dict], tasks: list[str], png: Path, title: str) -> None:
 
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     x = [r["samples"] for r in rows]
+    colors: dict[str, str] = {}
     for t in tasks:
-        ax.plot(x, [r[t] for r in rows], marker="o", label=t)
+        base = t.removesuffix("_seen")  # a task's seen-pair curve: its colour, dashed
+        line, = ax.plot(x, [r[t] for r in rows], marker="o", label=t, color=colors.get(base),
+                        linestyle="--" if t.endswith("_seen") else "-")
+        colors.setdefault(base, line.get_color())
     ax.set_xlabel("training samples seen")
     ax.set_ylabel("held-out accuracy (%)")
     ax.set_ylim(-2, 102)

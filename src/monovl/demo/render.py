@@ -94,6 +94,16 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (245, 125, 15),
 }
 
+# Fills outside the colour vocabulary, for shape questions that must not tie a shape to a palette
+# colour (monovl.demo.single, `factorized`); no question or caption ever names them.
+EXTRA_FILLS: dict[str, tuple[int, int, int]] = {
+    "grey": (110, 110, 110),
+    "black": (25, 25, 25),
+    "brown": (120, 72, 30),
+    "teal": (0, 128, 128),
+    "pink": (235, 120, 175),
+}
+
 # Light backgrounds (every shape colour and text colour contrasts with each).
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "white": (255, 255, 255),
@@ -279,6 +289,10 @@ def _star_points(cx: float, cy: float, r: float, inner: float = 0.45) -> list[tu
     return pts
 
 
+_POLYGON_SIDES = {"diamond": 4, "pentagon": 5, "hexagon": 6}
+EXTRA_SHAPES: tuple[str, ...] = ("diamond", "pentagon", "hexagon", "cross")
+
+
 def shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, float]] | None:
     """Polygon vertices of a shape (None for a circle). All shapes fit in the square of half-side r
     around (cx, cy) (the triangle's corners stick out of the circle of radius r)."""
@@ -291,6 +305,16 @@ def shape_outline(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
         return _star_points(cx, cy, r)
     if shape == "circle":
         return None
+    # Shapes outside the shape vocabulary, for colour questions that must not tie a colour to one of
+    # the four shapes (monovl.demo.single, `factorized`); no question or caption ever names them.
+    if shape == "cross":
+        t = 0.35 * r
+        return [(cx - t, cy - r), (cx + t, cy - r), (cx + t, cy - t), (cx + r, cy - t), (cx + r, cy + t),
+                (cx + t, cy + t), (cx + t, cy + r), (cx - t, cy + r), (cx - t, cy + t), (cx - r, cy + t),
+                (cx - r, cy - t), (cx - t, cy - t)]
+    if shape in _POLYGON_SIDES:
+        n = _POLYGON_SIDES[shape]
+        return [(cx + r * math.sin(2 * math.pi * k / n), cy - r * math.cos(2 * math.pi * k / n)) for k in range(n)]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -304,7 +328,7 @@ def _render_shapes(meta: Mapping[str, Any], size: int) -> Image.Image:
     side = min(w, h)
     width = max(1, round(1.5 * ss * side / 224))
     for obj in meta["objects"]:
-        fill = COLORS[obj["color"]]
+        fill = COLORS[obj["color"]] if obj["color"] in COLORS else EXTRA_FILLS[obj["color"]]
         outline = _darker(fill)
         cx, cy, r = obj["x"] * w * ss, obj["y"] * h * ss, obj["r"] * side * ss
         pts = shape_outline(obj["shape"], cx, cy, r)

@@ -1,0 +1,108 @@
+"""Single-object scenes: the easiest rung of the demo world, for measuring what a recipe can learn.
+
+The demo's questions refer to one object among 1-4 small ones ("What color is the star?"), so the
+model must find the object before it can answer. A scene here holds exactly one object, and its
+questions refer to no object ("What color is the shape?"), so the answer is a property of the
+whole image. Its size is a parameter: `radius` is a (low, high) range in fractions of the image's
+shorter side (the demo world draws 0.065-0.15; 0.2-0.4 fills a third to four fifths of the side).
+Everything else is the demo world's: canvas aspect, scale and background styles, the colour and
+shape palette, and the held-out colour-shape pairs (:data:`~monovl.demo.world.HELDOUT_PAIRS`):
+training scenes never draw them, evaluation scenes always do, so a right colour for a blue circle
+means "blue" was learnt apart from the shapes it came with.
+
+With ``factorized=True`` (training sets only), half of the colour questions are about a shape
+outside the vocabulary (:data:`~monovl.demo.render.EXTRA_SHAPES`: diamond, pentagon, hexagon, cross)
+and half of the shape questions about a fill outside the palette
+(:data:`~monovl.demo.render.EXTRA_FILLS`: grey, black, brown, teal, pink). Then no colour comes
+with only a few shapes, nor a shape with only a few colours, and the colour and the shape must be
+learnt apart: without it a small model learns colour-shape pairs and names a held-out pair's colour
+or shape wrong (README, "Why the demo's model answers from the prior").
+
+Tasks: ``color`` (6 answers), ``shape`` (4) and ``position`` (the 3x3 cell of the object's centre,
+9 answers). :func:`write_single_object_set` writes the official conversation JSONL, images beside
+it, and ``task`` plus ``answer`` on every record, so :func:`monovl.demo.evaluate.load_eval_items`
+reads it as an evaluation set and `monovl train` as training data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from . import world
+from .render import EXTRA_FILLS, EXTRA_SHAPES, render_scene
+
+SINGLE_TASKS = ("color", "shape", "position")
+
+# Generic references only: naming the shape would give the shape question away.
+_QUESTIONS = {
+    "color": ("What color is the shape?", "What colour is the object?", "What is the color of the shape?",
+              "Which colour is the shape?", "Tell me the color of the object.", "What's the colour of the shape?"),
+    "shape": ("What shape is shown?", "What shape is the object?", "Which shape is in the image?",
+              "What kind of shape is this?", "Name the shape.", "What's the shape in the picture?"),
+    "position": ("Where is the shape?", "Where is the object located?", "In which part of the image is the shape?",
+                 "Where's the object?", "Tell me where the shape is.", "Which part of the picture holds the shape?"),
+}
+
+
+def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, float]) -> dict:
+    """A scene (render.render_scene meta) with one object of radius `radius` (fractions of the shorter
+    side), anywhere inside the canvas; a held-out colour-shape pair iff `heldout`."""
+    lo, hi = radius
+    if not 0 < lo <= hi < 0.5:
+        raise ValueError(f"radius range {radius} must satisfy 0 < low <= high < 0.5 (fractions of the shorter side)")
+    color, shape = rng.choice(world.HELDOUT_PAIRS if heldout else world.TRAIN_PAIRS)
+    meta, _ = world._sample_shapes(rng, world.ALL_PAIRS, target=(color, shape), n=1)
+    aspect = meta["aspect"]
+    # r is in units of the shorter side; x, y in fractions of width, height (as in world._sample_shapes)
+    rx, ry = min(1.0, 1.0 / aspect), min(1.0, aspect)
+    r = rng.uniform(lo, hi)
+    x = rng.uniform(r * rx, 1 - r * rx)
+    y = rng.uniform(r * ry, 1 - r * ry)
+    cell = world.CELL_NAMES[min(2, int(y * 3)) * 3 + min(2, int(x * 3))]
+    meta["objects"] = [{"shape": shape, "color": color, "size": "large" if r >= world.LARGE_RADIUS[0] else "small",
+                        "cell": cell, "x": round(x, 4), "y": round(y, 4), "r": round(r, 4)}]
+    return meta
+
+
+def single_object_record(task: str, index: int, seed: int, heldout: bool, radius: tuple[float, float],
+                         factorized: bool = False) -> dict:
+    """One question about one scene; a pure function of the arguments (no image path yet)."""
+    if task not in SINGLE_TASKS:
+        raise ValueError(f"unknown single-object task {task!r}; choose from {SINGLE_TASKS}")
+    if factorized and heldout:
+        raise ValueError("factorized scenes are for training; evaluation draws the held-out pairs")
+    rng = random.Random(f"monovl-single|{seed}|{task}|{index}|{int(heldout)}")
+    meta = single_object_scene(rng, heldout, radius)
+    obj = meta["objects"][0]
+    if factorized and task in ("color", "shape") and rng.random() < 0.5:
+        if task == "color":
+            obj["shape"] = rng.choice(EXTRA_SHAPES)
+        else:
+            obj["color"] = rng.choice(tuple(EXTRA_FILLS))
+    answer = {"color": obj["color"], "shape": obj["shape"], "position": obj["cell"]}[task]
+    return {"id": f"single-{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
+            "conversations": world._conversation([(rng.choice(_QUESTIONS[task]), answer, True)])}
+
+
+def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
+                            radius: tuple[float, float], image_size: int = 224, factorized: bool = False) -> Path:
+    """Write `n` records (tasks in turn) with their images under `out`; returns `out/data.jsonl`.
+
+    Images are drawn at nominal size `image_size` (render.render_scene) and reused when present, so
+    a second call with the same arguments only rewrites the JSONL.
+    """
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized)
+        rec["image"] = f"images/{rec['id']}.png"
+        path = out / rec["image"]
+        if not path.exists():
+            render_scene(rec["meta"], image_size).save(path)
+        lines.append(json.dumps(rec))
+    jsonl = out / "data.jsonl"
+    jsonl.write_text("\n".join(lines) + "\n")
+    return jsonl

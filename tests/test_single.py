@@ -1,0 +1,87 @@
+"""Single-object scenes (monovl.demo.single): held-out pairs, geometry, answers, files."""
+
+import json
+
+import pytest
+
+from monovl.demo import world
+from monovl.demo.evaluate import load_eval_items
+from monovl.demo.render import canvas_size
+from monovl.demo.single import SINGLE_TASKS, single_object_record, write_single_object_set
+
+
+def test_records_are_pure_and_pairs_are_held_out():
+    for task in SINGLE_TASKS:
+        for i in range(60):
+            train = single_object_record(task, i, seed=0, heldout=False, radius=(0.2, 0.4))
+            assert train == single_object_record(task, i, seed=0, heldout=False, radius=(0.2, 0.4))
+            (obj,) = train["meta"]["objects"]
+            assert (obj["color"], obj["shape"]) in world.TRAIN_PAIRS
+            (obj,) = single_object_record(task, i, seed=1, heldout=True, radius=(0.2, 0.4))["meta"]["objects"]
+            assert (obj["color"], obj["shape"]) in world.HELDOUT_PAIRS
+
+
+@pytest.mark.parametrize("task", SINGLE_TASKS)
+def test_answer_matches_the_scene_and_the_object_fits(task):
+    for i in range(100):
+        rec = single_object_record(task, i, seed=3, heldout=False, radius=(0.1, 0.45))
+        meta = rec["meta"]
+        (obj,) = meta["objects"]
+        w, h = canvas_size(meta, 224)
+        short = min(w, h)
+        # the object's box (half-side r of the shorter side) lies inside the image
+        assert obj["x"] * w - obj["r"] * short >= -1e-6 and obj["x"] * w + obj["r"] * short <= w + 1e-6
+        assert obj["y"] * h - obj["r"] * short >= -1e-6 and obj["y"] * h + obj["r"] * short <= h + 1e-6
+        assert 0.1 <= obj["r"] <= 0.45
+        col, row = min(2, int(obj["x"] * 3)), min(2, int(obj["y"] * 3))
+        expected = {"color": obj["color"], "shape": obj["shape"], "position": world.CELL_NAMES[row * 3 + col]}[task]
+        assert rec["answer"] == expected == rec["conversations"][1]["value"]
+        question = rec["conversations"][0]["value"]
+        assert question.startswith("<image>\n") and question.endswith(world.ANSWER_SUFFIX)
+        # the question names no colour and no shape: the answer can only come from the image
+        words = set(question.lower().replace("?", " ").replace(".", " ").split())
+        assert not words & (set(world.COLOR_NAMES) | set(world.SHAPES))
+
+
+def test_written_set_is_an_eval_set(tmp_path):
+    jsonl = write_single_object_set(tmp_path / "s", ["color", "position"], 6, seed=1, heldout=True,
+                                    radius=(0.2, 0.3), image_size=56)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["task"] for r in recs] == ["color", "position"] * 3
+    assert all((jsonl.parent / r["image"]).is_file() for r in recs)
+    items = load_eval_items(jsonl)
+    assert [i.answers for i in items] == [[r["answer"]] for r in recs]
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="radius range"):
+        single_object_record("color", 0, 0, False, radius=(0.3, 0.6))
+    with pytest.raises(ValueError, match="unknown single-object task"):
+        single_object_record("count", 0, 0, False, radius=(0.2, 0.3))
+
+
+def test_factorized_sets_separate_colour_from_shape(tmp_path):
+    from monovl.demo.render import EXTRA_FILLS, EXTRA_SHAPES, render_scene
+
+    recs = {t: [single_object_record(t, i, 0, False, (0.2, 0.4), factorized=True) for i in range(200)]
+            for t in ("color", "shape", "position")}
+    objs = {t: [r["meta"]["objects"][0] for r in rs] for t, rs in recs.items()}
+    # colour questions: about half on shapes outside the vocabulary, answers still the palette colour
+    extra = [o for o in objs["color"] if o["shape"] in EXTRA_SHAPES]
+    assert 70 < len(extra) < 130 and {o["shape"] for o in extra} == set(EXTRA_SHAPES)
+    assert [r["answer"] for r in recs["color"]] == [o["color"] for o in objs["color"]]
+    assert all(o["color"] in world.COLOR_NAMES for o in objs["color"])
+    # shape questions: about half with fills outside the palette
+    extra = [o for o in objs["shape"] if o["color"] in EXTRA_FILLS]
+    assert 70 < len(extra) < 130 and all(o["shape"] in world.SHAPES for o in objs["shape"])
+    assert [r["answer"] for r in recs["shape"]] == [o["shape"] for o in objs["shape"]]
+    # position questions are unchanged, and no training scene draws a held-out pair
+    assert recs["position"] == [single_object_record("position", i, 0, False, (0.2, 0.4)) for i in range(200)]
+    assert not any((o["color"], o["shape"]) in world.HELDOUT_PAIRS for os_ in objs.values() for o in os_)
+    # every extra shape and fill renders, and differs from the background
+    for o in objs["color"][:20] + objs["shape"][:20]:
+        meta = {**recs["color"][0]["meta"], "bg_style": "flat", "objects": [o]}
+        img = render_scene(meta, 56)
+        assert len(img.getcolors(maxcolors=1 << 16) or [0, 0]) > 1
+    with pytest.raises(ValueError, match="factorized"):
+        single_object_record("color", 0, 1, True, (0.2, 0.4), factorized=True)
