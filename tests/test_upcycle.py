@@ -362,6 +362,17 @@ def test_cli_parser_and_run(tmp_path, tokdirs, capsys):
     assert args.func(args) == 0
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["template"] == "smollm2"
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["vision_config"]["hidden_size"] == 640
+    assert json.loads((tmp_path / "m2" / "config.json").read_text())["max_dynamic_patch"] == 12
+    # The tile budget is stored in the checkpoint, so the processor tiles as training will.
+    args = parser.parse_args(["upcycle", "--llm", str(base), "--out", str(tmp_path / "m3"), "--image-size", "56",
+                              "--vision-hidden", "16", "--max-tiles", "1"])
+    assert args.func(args) == 0
+    assert json.loads((tmp_path / "m3" / "config.json").read_text())["max_dynamic_patch"] == 1
+    wide = Image.new("RGB", (400, 100), (200, 30, 30))
+    assert MonoProcessor.from_pretrained(tmp_path / "m3")("q", images=[wide])["pixel_values"].shape[0] == 1
+    assert MonoProcessor.from_pretrained(tmp_path / "m2")("q", images=[wide])["pixel_values"].shape[0] > 1
+    with pytest.raises(ValueError, match="max_tiles must be an int from 1 to 64"):
+        upcycle(base, tmp_path / "m4", image_size=56, max_tiles=65)
 
 
 def test_default_vision_hidden():

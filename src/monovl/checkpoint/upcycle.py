@@ -58,6 +58,7 @@ import torch
 from ..model.config import MonoConfig, VisionConfig
 from ..model.mono_internvl import IMG_CONTEXT, MonoInternVL
 from ..processing.chat_template import CHECKPOINT_TEMPLATE, TEMPLATE_FILE, JinjaChatTemplate, read_chat_template
+from ..processing.image import check_tile_budget
 from ..processing.tokenizer import IMAGE_SPECIAL_TOKENS
 from .llm_sources import PREFIX, LLMSource, _layer_keys, fingerprint, read_llm, resolve_source
 
@@ -147,6 +148,7 @@ def upcycle_model(
     chat_template: str | None = None,
     seed: int = 0,
     dtype: torch.dtype | str | None = None,
+    max_tiles: int = 12,
 ) -> tuple[MonoInternVL, Any, dict[str, Any]]:
     """Build the monolithic model in memory from a read source.
 
@@ -212,6 +214,7 @@ def upcycle_model(
         downsample_ratio=downsample_ratio,
         ps_version="v2",
         template=template,
+        max_dynamic_patch=check_tile_budget(max_tiles, "max_tiles"),
     )
     with torch.device("meta"):
         model = MonoInternVL(config)
@@ -261,12 +264,13 @@ def upcycle_model(
 
 
 def _options(attention_experts: bool, image_size: int, vision_hidden: int | None, template: str | None,
-             seed: int, dtype: Any, chat_template: str | None) -> dict[str, Any]:
+             seed: int, dtype: Any, chat_template: str | None, max_tiles: int = 12) -> dict[str, Any]:
     # The Jinja text is hashed here because the source fingerprint does not cover chat_template.jinja.
     digest = None if chat_template is None else hashlib.sha256(chat_template.encode()).hexdigest()
     return {"format": FORMAT_VERSION, "attention_experts": bool(attention_experts), "image_size": int(image_size),
             "vision_hidden": vision_hidden, "template": template, "seed": int(seed),
-            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "chat_template": digest}
+            "dtype": None if dtype is None else str(dtype).removeprefix("torch."), "chat_template": digest,
+            "max_tiles": int(max_tiles)}
 
 
 def _cached(out: Path, source: Path, options: dict[str, Any]) -> dict[str, Any] | None:
@@ -295,13 +299,16 @@ def upcycle(
     chat_template: str | os.PathLike | None = None,
     seed: int = 0,
     dtype: str | torch.dtype | None = None,
+    max_tiles: int = 12,
     force: bool = False,
     max_shard_bytes: int = 5 * 1024**3,
 ) -> UpcycleResult:
     """Convert ``llm`` (HF directory, ``.gguf`` file or ``pkg:NAME``) into a monolithic model at ``out``.
 
     ``chat_template`` is a Jinja file that replaces the source's chat template; ``template`` a
-    built-in template name (see the module docstring). An ``out`` written by an earlier call with
+    built-in template name (see the module docstring). ``max_tiles`` is the checkpoint's tile budget
+    (``max_dynamic_patch``): what chat, evaluation and training use unless told otherwise; a model
+    trained on fewer tiles should say so here, or it is evaluated on views it never saw. An ``out`` written by an earlier call with
     the same source (same files, sizes and mtimes) and the same options is reused as is unless
     ``force``. An existing non-empty ``out`` that is not an upcycle output is never overwritten
     without ``force``.
@@ -315,7 +322,7 @@ def upcycle(
             raise FileNotFoundError(f"chat template file {chat_template} does not exist")
         override = Path(chat_template).read_text(encoding="utf-8")
     jinja = override if override is not None else (read_chat_template(source_path) if source_path.is_dir() else None)
-    options = _options(attention_experts, image_size, vision_hidden, template, seed, dtype, jinja)
+    options = _options(attention_experts, image_size, vision_hidden, template, seed, dtype, jinja, max_tiles)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a directory")
     if not force:
@@ -331,7 +338,7 @@ def upcycle(
     source = read_llm(source_path)
     model, tokenizer, info = upcycle_model(
         source, attention_experts=attention_experts, image_size=image_size, vision_hidden=vision_hidden,
-        template=template, chat_template=override, seed=seed, dtype=dtype,
+        template=template, chat_template=override, seed=seed, dtype=dtype, max_tiles=max_tiles,
     )
     out.mkdir(parents=True, exist_ok=True)
     for name in _OWNED:

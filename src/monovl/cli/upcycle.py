@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
         chat_template=args.chat_template,
         seed=args.seed,
         dtype=args.dtype,
+        max_tiles=args.max_tiles,
         force=args.force,
     )
     print(result.summary())
@@ -45,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attention-experts", action="store_true",
                    help="v1.5: also give image tokens their own attention projections (wqkv_ve, wo_ve)")
     p.add_argument("--image-size", type=int, default=448, help="tile size in pixels, a multiple of 28 (default 448)")
+    p.add_argument("--max-tiles", type=int, default=12,
+                   help="tile budget stored in the checkpoint (max_dynamic_patch, default 12): what chat and "
+                        "evaluation use; set it to what you will train with")
     p.add_argument("--vision-hidden", type=int, default=None,
                    help="patch embedding width Dv (default: half the LLM width, at least 640)")
     p.add_argument("--chat-template", default=None, metavar="FILE",

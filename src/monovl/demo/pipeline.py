@@ -49,6 +49,9 @@ class StagePlan:
 @dataclass
 class DemoPlan:
     image_size: int = 224
+    # One tile per image in training, and the same budget in the checkpoint, so evaluation and
+    # `monovl chat` see images as training did (12 tiles + a thumbnail would be views never trained on).
+    max_tiles: int = 1
     # Sized for a 2-core machine with a ~65 GFLOP/s fp32 GEMM peak, where training this 135M model
     # (fwd+bwd, fp32) runs at about 80 tokens/s and a 224 px sample costs 110-165 tokens: about 12
     # minutes of training (~380 samples) and 6 of evaluation. s1.3, the question answering the
@@ -113,10 +116,11 @@ def seen_word_items(out: Path, n: int, seed: int, image_size: int = 224) -> list
     return items
 
 
-def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None) -> TrainConfig:
+def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None,
+                 max_tiles: int = 1) -> TrainConfig:
     return TrainConfig(stage=stage, model=str(model), data=str(data), out=str(out), trainable=trainable,
                        max_steps=plan.steps, batch_size=plan.batch_size, lr=plan.lr, lr_scale=dict(plan.lr_scale),
-                       warmup_steps=plan.warmup_steps, max_length=512, max_tiles=1, seed=0)
+                       warmup_steps=plan.warmup_steps, max_length=512, max_tiles=max_tiles, seed=0)
 
 
 def evaluate_checkpoint(model_dir: Path, plan: DemoPlan, items: list[EvalItem]) -> StageScores:
@@ -134,7 +138,7 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
     model_dir = base
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, (stage, data_path, sp) in enumerate(stages):
-        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable)
+        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable, plan.max_tiles)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
         previous, model_dir = model_dir, Trainer(cfg).train()
@@ -159,7 +163,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
 
     log(f"[1/5] upcycling SmolLM2-135M-Instruct into a monolithic model ({plan.image_size}px tiles)")
     t = time.perf_counter()
-    up = upcycle(SMOLLM2, out / "base", image_size=plan.image_size)
+    up = upcycle(SMOLLM2, out / "base", image_size=plan.image_size, max_tiles=plan.max_tiles)
     log("      " + up.summary())
     timings["upcycle"] = time.perf_counter() - t
 
