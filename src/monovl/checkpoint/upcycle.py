@@ -264,7 +264,7 @@ def upcycle_model(
 
 
 def _options(attention_experts: bool, image_size: int, vision_hidden: int | None, template: str | None,
-             seed: int, dtype: Any, chat_template: str | None, max_tiles: int = 12) -> dict[str, Any]:
+             seed: int, dtype: Any, chat_template: str | None, max_tiles: int) -> dict[str, Any]:
     # The Jinja text is hashed here because the source fingerprint does not cover chat_template.jinja.
     digest = None if chat_template is None else hashlib.sha256(chat_template.encode()).hexdigest()
     return {"format": FORMAT_VERSION, "attention_experts": bool(attention_experts), "image_size": int(image_size),
@@ -308,10 +308,10 @@ def upcycle(
     ``chat_template`` is a Jinja file that replaces the source's chat template; ``template`` a
     built-in template name (see the module docstring). ``max_tiles`` is the checkpoint's tile budget
     (``max_dynamic_patch``): what chat, evaluation and training use unless told otherwise; a model
-    trained on fewer tiles should say so here, or it is evaluated on views it never saw. An ``out`` written by an earlier call with
-    the same source (same files, sizes and mtimes) and the same options is reused as is unless
-    ``force``. An existing non-empty ``out`` that is not an upcycle output is never overwritten
-    without ``force``.
+    trained on fewer tiles should say so here, or it is evaluated on views it never saw. An ``out``
+    written by an earlier call with the same source (same files, sizes and mtimes) and the same
+    options is reused as is unless ``force``. An existing non-empty ``out`` that is not an upcycle
+    output is never overwritten without ``force``.
     """
     t0 = time.perf_counter()
     source_path = resolve_source(llm)

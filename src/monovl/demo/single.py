@@ -62,7 +62,7 @@ def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, 
     y = rng.uniform(r * ry, 1 - r * ry)
     cell = world.CELL_NAMES[min(2, int(y * 3)) * 3 + min(2, int(x * 3))]
     meta["objects"] = [{"shape": shape, "color": color, "size": "large" if r >= world.LARGE_RADIUS[0] else "small",
-                        "cell": cell, "x": round(x, 4), "y": round(y, 4), "r": round(r, 4)}]
+                        "cell": cell, "x": world._r4(x), "y": world._r4(y), "r": world._r4(r)}]
     return meta
 
 
