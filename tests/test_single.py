@@ -85,3 +85,46 @@ def test_factorized_sets_separate_colour_from_shape(tmp_path):
         assert len(img.getcolors(maxcolors=1 << 16) or [0, 0]) > 1
     with pytest.raises(ValueError, match="factorized"):
         single_object_record("color", 0, 1, True, (0.2, 0.4), factorized=True)
+
+
+def test_several_questions_per_image_answer_the_same_scene():
+    from monovl.demo.render import EXTRA_FILLS, EXTRA_SHAPES
+
+    answers = {"color": "color", "shape": "shape", "position": "cell"}
+    for task in SINGLE_TASKS:
+        for i in range(40):
+            one = single_object_record(task, i, 0, False, (0.2, 0.4), factorized=True)
+            rec = single_object_record(task, i, 0, False, (0.2, 0.4), factorized=True, questions=3)
+            # the same scene and first question as the one-question record
+            assert rec["meta"] == one["meta"] and rec["conversations"][:2] == one["conversations"]
+            (obj,) = rec["meta"]["objects"]
+            assert rec["tasks"][0] == task and len(set(rec["tasks"])) == len(rec["tasks"])
+            assert [c["value"] for c in rec["conversations"][1::2]] == [obj[answers[t]] for t in rec["tasks"]]
+            # never a question whose answer a factorized scene moved outside the vocabulary
+            assert not ("shape" in rec["tasks"] and obj["shape"] in EXTRA_SHAPES)
+            assert not ("color" in rec["tasks"] and obj["color"] in EXTRA_FILLS)
+            assert "<image>" in rec["conversations"][0]["value"]
+            assert not any("<image>" in c["value"] for c in rec["conversations"][1:])
+        # other tasks come only from the pool the set was asked for
+        assert single_object_record(task, 0, 0, False, (0.2, 0.4), questions=3, pool=(task,))["tasks"] == [task]
+    with pytest.raises(ValueError, match="questions"):
+        single_object_record("color", 0, 0, False, (0.2, 0.4), questions=4)
+    with pytest.raises(ValueError, match="evaluation"):
+        single_object_record("color", 0, 1, True, (0.2, 0.4), questions=2)
+
+
+def test_factorized_share_sets_how_many_questions_leave_the_vocabulary():
+    from monovl.demo.render import EXTRA_FILLS, EXTRA_SHAPES
+
+    def objs(task, share):
+        return [single_object_record(task, i, 0, False, (0.2, 0.4), factorized=True, factorized_share=share)
+                ["meta"]["objects"][0] for i in range(100)]
+
+    assert all(o["shape"] in EXTRA_SHAPES for o in objs("color", 1.0))
+    assert all(o["color"] in EXTRA_FILLS for o in objs("shape", 1.0))
+    assert not any(o["color"] in EXTRA_FILLS for o in objs("shape", 0.0))
+    assert [single_object_record("shape", i, 0, False, (0.2, 0.4), factorized=True, factorized_share=0.5)
+            for i in range(50)] == [single_object_record("shape", i, 0, False, (0.2, 0.4), factorized=True)
+                                    for i in range(50)]
+    with pytest.raises(ValueError, match="factorized_share"):
+        single_object_record("shape", 0, 0, False, (0.2, 0.4), factorized=True, factorized_share=1.5)

@@ -10,13 +10,18 @@ shape palette, and the held-out colour-shape pairs (:data:`~monovl.demo.world.HE
 training scenes never draw them, evaluation scenes always do, so a right colour for a blue circle
 means "blue" was learnt apart from the shapes it came with.
 
-With ``factorized=True`` (training sets only), half of the colour questions are about a shape
-outside the vocabulary (:data:`~monovl.demo.render.EXTRA_SHAPES`: diamond, pentagon, hexagon, cross)
-and half of the shape questions about a fill outside the palette
+With ``factorized=True`` (training sets only), half of the colour questions (``factorized_share``)
+are about a shape outside the vocabulary (:data:`~monovl.demo.render.EXTRA_SHAPES`: diamond,
+pentagon, hexagon, cross) and half of the shape questions about a fill outside the palette
 (:data:`~monovl.demo.render.EXTRA_FILLS`: grey, black, brown, teal, pink). Then no colour comes
 with only a few shapes, nor a shape with only a few colours, and the colour and the shape must be
 learnt apart: without it a small model learns colour-shape pairs and names a held-out pair's colour
 or shape wrong (README, "Why the demo's model answers from the prior").
+
+With ``questions=k`` (training sets only), a record asks its task first and then up to ``k - 1`` of
+the other tasks about the same image, in a random order, skipping a colour or shape question whose
+answer a factorized scene moved outside the vocabulary: the image tokens, most of a sample's cost,
+are then paid once for several answers (the demo world's s1.3 does the same).
 
 Tasks: ``color`` (6 answers), ``shape`` (4) and ``position`` (the 3x3 cell of the object's centre,
 9 answers). :func:`write_single_object_set` writes the official conversation JSONL, images beside
@@ -67,27 +72,49 @@ def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, 
 
 
 def single_object_record(task: str, index: int, seed: int, heldout: bool, radius: tuple[float, float],
-                         factorized: bool = False) -> dict:
-    """One question about one scene; a pure function of the arguments (no image path yet)."""
+                         factorized: bool = False, questions: int = 1, pool: tuple[str, ...] = SINGLE_TASKS,
+                         factorized_share: float = 0.5) -> dict:
+    """Questions (`task` first, then others from `pool`, `questions` at most) about one scene; a pure
+    function of the arguments (no image path yet)."""
     if task not in SINGLE_TASKS:
         raise ValueError(f"unknown single-object task {task!r}; choose from {SINGLE_TASKS}")
     if factorized and heldout:
         raise ValueError("factorized scenes are for training; evaluation draws the held-out pairs")
+    if not 1 <= questions <= len(SINGLE_TASKS):
+        raise ValueError(f"questions must be 1-{len(SINGLE_TASKS)}, got {questions}")
+    if questions > 1 and heldout:
+        raise ValueError("evaluation records ask one question each; questions > 1 is for training")
     rng = random.Random(f"monovl-single|{seed}|{task}|{index}|{int(heldout)}")
     meta = single_object_scene(rng, heldout, radius)
     obj = meta["objects"][0]
-    if factorized and task in ("color", "shape") and rng.random() < 0.5:
+    if not 0 <= factorized_share <= 1:
+        raise ValueError(f"factorized_share must be in [0, 1], got {factorized_share}")
+    if factorized and task in ("color", "shape") and rng.random() < factorized_share:
         if task == "color":
             obj["shape"] = rng.choice(EXTRA_SHAPES)
         else:
             obj["color"] = rng.choice(tuple(EXTRA_FILLS))
-    answer = {"color": obj["color"], "shape": obj["shape"], "position": obj["cell"]}[task]
-    return {"id": f"single-{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
-            "conversations": world._conversation([(rng.choice(_QUESTIONS[task]), answer, True)])}
+    answers = {"color": obj["color"], "shape": obj["shape"], "position": obj["cell"]}
+    asked = [task]
+    turns = [(rng.choice(_QUESTIONS[task]), answers[task], True)]  # drawn first: as a one-question record
+    if questions > 1:
+        # only answers inside the vocabulary: a factorized extra shape or fill is not asked about
+        others = [t for t in pool if t != task
+                  and not (t == "shape" and obj["shape"] in EXTRA_SHAPES)
+                  and not (t == "color" and obj["color"] in EXTRA_FILLS)]
+        rng.shuffle(others)
+        asked += others[:questions - 1]
+        turns += [(rng.choice(_QUESTIONS[t]), answers[t], True) for t in asked[1:]]
+    rec = {"id": f"single-{task}-{index:06d}", "task": task, "answer": answers[task], "meta": meta,
+           "conversations": world._conversation(turns)}
+    if questions > 1:
+        rec["tasks"] = asked
+    return rec
 
 
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
-                            radius: tuple[float, float], image_size: int = 224, factorized: bool = False) -> Path:
+                            radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
+                            questions: int = 1, factorized_share: float = 0.5) -> Path:
     """Write `n` records (tasks in turn) with their images under `out`; returns `out/data.jsonl`.
 
     Images are drawn at nominal size `image_size` (render.render_scene) and reused when present, so
@@ -97,7 +124,8 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized)
+        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized, questions, tuple(tasks),
+                                   factorized_share)
         rec["image"] = f"images/{rec['id']}.png"
         path = out / rec["image"]
         if not path.exists():
