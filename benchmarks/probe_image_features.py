@@ -25,7 +25,7 @@ import torch
 
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.model.vision import image_features
-from monovl.processing.image import dynamic_tiles, load_image, tiles_to_tensor
+from monovl.processing.image import preprocess_images
 
 
 def fit_and_score(x: torch.Tensor, y: torch.Tensor, n_train: int, classes: int) -> float:
@@ -63,7 +63,7 @@ def main() -> None:
     pooled: dict[str, list[torch.Tensor]] = {"mean": [], "mean+absmean+max": []}
     with torch.no_grad():
         for r in records:
-            tiles = tiles_to_tensor(dynamic_tiles(load_image(data / r["image"]), size, 1, 1, False), size)
+            tiles, _ = preprocess_images(data / r["image"], size, max_num=1)
             f = image_features(model.vision_model, model.mlp1, tiles, model.config)  # [tokens, H]
             pooled["mean"].append(f.mean(0))
             pooled["mean+absmean+max"].append(torch.cat([f.mean(0), f.abs().mean(0), f.amax(0)]))

@@ -84,11 +84,11 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
         raise ValueError(f"questions must be 1-{len(SINGLE_TASKS)}, got {questions}")
     if questions > 1 and heldout:
         raise ValueError("evaluation records ask one question each; questions > 1 is for training")
+    if not 0 <= factorized_share <= 1:
+        raise ValueError(f"factorized_share must be in [0, 1], got {factorized_share}")
     rng = random.Random(f"monovl-single|{seed}|{task}|{index}|{int(heldout)}")
     meta = single_object_scene(rng, heldout, radius)
     obj = meta["objects"][0]
-    if not 0 <= factorized_share <= 1:
-        raise ValueError(f"factorized_share must be in [0, 1], got {factorized_share}")
     if factorized and task in ("color", "shape") and rng.random() < factorized_share:
         if task == "color":
             obj["shape"] = rng.choice(EXTRA_SHAPES)
@@ -124,8 +124,8 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized, questions, tuple(tasks),
-                                   factorized_share)
+        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized=factorized,
+                                   questions=questions, pool=tuple(tasks), factorized_share=factorized_share)
         rec["image"] = f"images/{rec['id']}.png"
         path = out / rec["image"]
         if not path.exists():
