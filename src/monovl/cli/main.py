@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, chat, demo, train, upcycle
+from . import bench, chat, demo, serve, train, upcycle
 from . import eval as eval_cmd  # `eval` would shadow the builtin
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     upcycle.add_parser(sub)
     eval_cmd.add_parser(sub)
     bench.add_parser(sub)
+    serve.add_parser(sub)
     return parser
 
 
