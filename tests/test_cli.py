@@ -76,8 +76,8 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     import json
     results = json.loads((out / "results.json").read_text())["results"]
     assert list(results) == ["base", "s1.1", "s1.2", "s1.3", "s2"]
-    # The LLM is frozen through s1.1 and s1.2: text answers and English loss are exactly the base's.
-    for stage in ("s1.1", "s1.2"):
+    # The LLM is frozen in every stage (delta tuning): text answers and English loss are exactly the base's.
+    for stage in ("s1.1", "s1.2", "s1.3", "s2"):
         assert results[stage]["language_answers"] == results["base"]["language_answers"]
         assert results[stage]["english_nll"] == results["base"]["english_nll"]
     for stage in ("s1.1", "s1.2", "s1.3", "s2"):

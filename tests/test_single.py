@@ -128,3 +128,68 @@ def test_factorized_share_sets_how_many_questions_leave_the_vocabulary():
                                     for i in range(50)]
     with pytest.raises(ValueError, match="factorized_share"):
         single_object_record("shape", 0, 0, False, (0.2, 0.4), factorized=True, factorized_share=1.5)
+
+
+def test_all_pairs_draws_every_pair_held_out_ones_included():
+    pairs = [tuple(single_object_record("shape", i, 0, False, (0.2, 0.4), all_pairs=True)["meta"]["objects"][0]
+                   [k] for k in ("color", "shape")) for i in range(400)]
+    assert set(pairs) == set(world.ALL_PAIRS)
+    # roughly uniform: no colour comes with one shape more than the others
+    for color in world.COLOR_NAMES:
+        shapes = [s for c, s in pairs if c == color]
+        assert max(shapes.count(s) for s in world.SHAPES) < 2.5 * min(shapes.count(s) for s in world.SHAPES)
+    with pytest.raises(ValueError, match="all_pairs is for training"):
+        single_object_record("shape", 0, 1, True, (0.2, 0.4), all_pairs=True)
+
+
+def test_curriculum_asks_shape_only_about_fills_outside_the_palette():
+    from monovl.demo.render import EXTRA_FILLS, EXTRA_SHAPES
+    from monovl.demo.single import CURRICULUM_STAGES, curriculum_record
+
+    colour_on_extra_shape, s2_exact_turns = [], []
+    for stage in CURRICULUM_STAGES:
+        for i in range(90):
+            rec = curriculum_record(stage, i, seed=0, radius=(0.2, 0.4), questions=2)
+            assert rec == curriculum_record(stage, i, seed=0, radius=(0.2, 0.4), questions=2)
+            (obj,) = rec["meta"]["objects"]
+            convs = rec["conversations"]
+            assert convs[0]["value"].startswith("<image>\n") and len(convs) % 2 == 0
+            asked = rec.get("tasks", [rec["task"]])
+            if "shape" in asked:  # the colour can never stand in for the shape
+                assert obj["color"] in EXTRA_FILLS, (stage, i, obj)
+            if rec["task"] == "caption":
+                assert not (obj["color"] in world.COLOR_NAMES and obj["shape"] in world.SHAPES), (stage, i, obj)
+            if rec["task"] == "color":
+                colour_on_extra_shape.append(obj["shape"] in EXTRA_SHAPES)
+            answers = [c["value"] for c in convs[1::2]]
+            if stage == "s1.3":
+                assert rec["answer"] == answers[0] and len(answers) == len(asked) <= 2
+                assert all(a in world.COLOR_NAMES + world.SHAPES + world.CELL_NAMES for a in answers)
+            elif stage == "s1.2":
+                assert answers == [world.canonical_caption(rec["meta"])]
+            elif stage == "s2":
+                # exactly one turn asks for a single word; the others are answered in a sentence
+                exact = [c["value"].endswith(world.ANSWER_SUFFIX) for c in convs[::2]]
+                assert sum(exact) == 1
+                assert all(a.endswith(".") != e for a, e in zip(answers, exact))
+                s2_exact_turns.append(exact.index(True))
+    assert 0.3 < sum(colour_on_extra_shape) / len(colour_on_extra_shape) < 0.7
+    assert set(s2_exact_turns) == {0, 1}  # the one-word turn is sometimes the second
+    with pytest.raises(ValueError, match="unknown stage"):
+        curriculum_record("s3", 0, 0, (0.2, 0.4))
+    with pytest.raises(ValueError, match="must be a non-empty sequence"):
+        curriculum_record("s1.3", 0, 0, (0.2, 0.4), tasks=("count",))
+
+
+def test_write_curriculum_writes_training_data(tmp_path):
+    from monovl.data.records import parse_record
+    from monovl.demo.single import write_curriculum
+
+    paths = write_curriculum(tmp_path, {"s1.1": 3, "s1.3": 6}, seed=0, radius=(0.2, 0.4), image_size=56, questions=2)
+    assert set(paths) == {"s1.1", "s1.3"}
+    recs = [json.loads(line) for line in paths["s1.3"].read_text().splitlines()]
+    assert [r["task"] for r in recs] == list(SINGLE_TASKS) * 2
+    assert all((paths["s1.3"].parent / r["image"]).is_file() for r in recs)
+    for path in paths.values():  # every record is valid training data for `monovl train`
+        for line in path.read_text().splitlines():
+            parse_record(json.loads(line), root=path.parent)

@@ -8,7 +8,7 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from ..demo.pipeline import run_demo
 
-    run_demo(args.out, quick=args.quick, ablation=args.ablation)
+    run_demo(args.out, quick=args.quick, ablation=args.ablation, full=args.full)
     return 0
 
 
@@ -19,6 +19,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=pipeline.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same path (a few minutes)")
+    p.add_argument("--full", action="store_true",
+                   help="the whole synthetic world (counts, words, charts, several objects) instead of single objects")
     p.add_argument("--ablation", action="store_true",
                    help="also train with full tuning and with a single stage, same budget, for comparison")
     p.set_defaults(func=run)

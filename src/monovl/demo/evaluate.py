@@ -40,6 +40,7 @@ class StageScores:
     examples: dict[str, list[dict]] = field(default_factory=dict)
     language_answers: list[str] = field(default_factory=list)
     english_nll: float | None = None
+    eval_s: float = 0.0  # wall-clock seconds the evaluation took, model loading included
 
 
 def load_eval_items(jsonl: Path, per_task: int | None = None, task_suffix: str = "") -> list[EvalItem]:

@@ -95,7 +95,8 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 
 # Fills outside the colour vocabulary, for shape questions that must not tie a shape to a palette
-# colour (monovl.demo.single, `factorized`); no question or caption ever names them.
+# colour (monovl.demo.single, `factorized`); no question asks for them, and only the default demo's
+# single-object captions name them.
 EXTRA_FILLS: dict[str, tuple[int, int, int]] = {
     "grey": (110, 110, 110),
     "black": (25, 25, 25),

@@ -18,6 +18,10 @@ with only a few shapes, nor a shape with only a few colours, and the colour and 
 learnt apart: without it a small model learns colour-shape pairs and names a held-out pair's colour
 or shape wrong (README, "Why the demo's model answers from the prior").
 
+With ``all_pairs=True`` (training sets only) scenes draw all 24 colour-shape pairs, the held-out
+ones included, so that no colour predicts the shape at all; evaluation then measures new images
+(another seed), not new pairs.
+
 With ``questions=k`` (training sets only), a record asks its task first and then up to ``k - 1`` of
 the other tasks about the same image, in a random order, skipping a colour or shape question whose
 answer a factorized scene moved outside the vocabulary: the image tokens, most of a sample's cost,
@@ -31,6 +35,7 @@ reads it as an evaluation set and `monovl train` as training data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -51,13 +56,15 @@ _QUESTIONS = {
 }
 
 
-def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, float]) -> dict:
+def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, float],
+                        all_pairs: bool = False) -> dict:
     """A scene (render.render_scene meta) with one object of radius `radius` (fractions of the shorter
-    side), anywhere inside the canvas; a held-out colour-shape pair iff `heldout`."""
+    side), anywhere inside the canvas; a held-out colour-shape pair iff `heldout`, any of the 24 pairs
+    with `all_pairs`, else a training pair."""
     lo, hi = radius
     if not 0 < lo <= hi < 0.5:
         raise ValueError(f"radius range {radius} must satisfy 0 < low <= high < 0.5 (fractions of the shorter side)")
-    color, shape = rng.choice(world.HELDOUT_PAIRS if heldout else world.TRAIN_PAIRS)
+    color, shape = rng.choice(world.HELDOUT_PAIRS if heldout else world.ALL_PAIRS if all_pairs else world.TRAIN_PAIRS)
     meta, _ = world._sample_shapes(rng, world.ALL_PAIRS, target=(color, shape), n=1)
     aspect = meta["aspect"]
     # r is in units of the shorter side; x, y in fractions of width, height (as in world._sample_shapes)
@@ -73,7 +80,7 @@ def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, 
 
 def single_object_record(task: str, index: int, seed: int, heldout: bool, radius: tuple[float, float],
                          factorized: bool = False, questions: int = 1, pool: tuple[str, ...] = SINGLE_TASKS,
-                         factorized_share: float = 0.5) -> dict:
+                         factorized_share: float = 0.5, all_pairs: bool = False) -> dict:
     """Questions (`task` first, then others from `pool`, `questions` at most) about one scene; a pure
     function of the arguments (no image path yet)."""
     if task not in SINGLE_TASKS:
@@ -86,8 +93,10 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
         raise ValueError("evaluation records ask one question each; questions > 1 is for training")
     if not 0 <= factorized_share <= 1:
         raise ValueError(f"factorized_share must be in [0, 1], got {factorized_share}")
+    if all_pairs and heldout:
+        raise ValueError("all_pairs is for training; evaluation draws the held-out pairs")
     rng = random.Random(f"monovl-single|{seed}|{task}|{index}|{int(heldout)}")
-    meta = single_object_scene(rng, heldout, radius)
+    meta = single_object_scene(rng, heldout, radius, all_pairs)
     obj = meta["objects"][0]
     if factorized and task in ("color", "shape") and rng.random() < factorized_share:
         if task == "color":
@@ -114,7 +123,7 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
 
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
                             radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
-                            questions: int = 1, factorized_share: float = 0.5) -> Path:
+                            questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False) -> Path:
     """Write `n` records (tasks in turn) with their images under `out`; returns `out/data.jsonl`.
 
     Images are drawn at nominal size `image_size` (render.render_scene) and reused when present, so
@@ -125,7 +134,8 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     lines = []
     for i in range(n):
         rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized=factorized,
-                                   questions=questions, pool=tuple(tasks), factorized_share=factorized_share)
+                                   questions=questions, pool=tuple(tasks), factorized_share=factorized_share,
+                                   all_pairs=all_pairs)
         rec["image"] = f"images/{rec['id']}.png"
         path = out / rec["image"]
         if not path.exists():
@@ -134,3 +144,98 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     jsonl = out / "data.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
     return jsonl
+
+
+# ---------------------------------------------------------------- the default demo's curriculum
+# The EViP stages on single-object scenes, factorized per task, as the learning curves say
+# (README, "The demo" and "Shape: learnt once the colour cannot stand in for it"):
+# - shape scenes always have a fill outside the palette, so no palette colour is ever seen with a
+#   shape answer and the colour cannot stand in for the shape (the shortcut that made the model
+#   name colour-shape pairs); the darker fills also make shapes quicker to learn;
+# - colour scenes have a shape outside the vocabulary half of the time (share 0.5), so each colour
+#   is seen on many shapes, and on the shapes it will be asked about;
+# - position scenes draw training pairs, and may add a colour question, never a shape one;
+# - a caption names colour and shape at once, so a caption scene never has a palette colour with a
+#   vocabulary shape (the shape is swapped for one outside the vocabulary).
+CURRICULUM_FACTORIZED_SHARE = {"color": 0.5, "shape": 1.0, "position": 0.0}
+_FOLLOW_UPS = {"color": ("color", "position"), "shape": ("shape", "position"), "position": ("position", "color")}
+CURRICULUM_STAGES = ("s1.1", "s1.2", "s1.3", "s2")
+
+# s2's second turn answers in a sentence, as instruction data does.
+_NATURAL = {"color": "The {ref} is {color}.", "shape": "It is {a_shape}.", "position": "The {ref} is {cell}."}
+
+
+def _natural(task: str, obj: dict, rng: random.Random) -> str:
+    ref = rng.choice(("shape", "object"))
+    article = "an" if obj["shape"][0] in "aeiou" else "a"
+    return _NATURAL[task].format(ref=ref, color=obj["color"], a_shape=f"{article} {obj['shape']}",
+                                 cell=world._CELL_PHRASES[obj["cell"]])
+
+
+def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, float],
+                      questions: int = 1, noisy_rate: float = 0.15,
+                      tasks: tuple[str, ...] = SINGLE_TASKS) -> dict:
+    """One training record of `stage` (s1.1 noisy captions, s1.2 clean captions, s1.3 question
+    answering with `questions` (1 or 2) questions, s2 two-turn conversations); the scene's task is
+    `tasks[index % len(tasks)]` (a task may repeat, to weight it). A pure function of the arguments
+    (no image path yet)."""
+    if stage not in CURRICULUM_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
+    if not tasks or not set(tasks) <= set(SINGLE_TASKS):
+        raise ValueError(f"tasks {tasks!r} must be a non-empty sequence from {SINGLE_TASKS}")
+    task = tasks[index % len(tasks)]
+    rng = random.Random(f"monovl-single-curriculum|{seed}|{stage}|{index}")
+    rec = single_object_record(task, index, seed, heldout=False, radius=radius, factorized=True,
+                               factorized_share=CURRICULUM_FACTORIZED_SHARE[task],
+                               questions=min(questions if stage == "s1.3" else 2, 2), pool=_FOLLOW_UPS[task])
+    rec["id"] = f"{stage}-{index:06d}"
+    meta = rec["meta"]
+    if stage == "s1.3":
+        return rec
+    if stage in ("s1.1", "s1.2"):
+        obj = meta["objects"][0]
+        if obj["color"] in world.COLOR_NAMES and obj["shape"] in world.SHAPES:
+            obj["shape"] = rng.choice(EXTRA_SHAPES)  # a caption names both: never a palette colour with a shape
+        if stage == "s1.1":
+            caption, quality = world.noisy_caption(meta, rng, noisy_rate)
+            rec["caption_quality"] = quality
+        else:
+            caption = world.canonical_caption(meta)
+        instruction = rng.choice(world.CAPTION_INSTRUCTIONS)
+        rec.update(task="caption", answer=caption, conversations=world._conversation([(instruction, caption, False)]))
+        rec.pop("tasks", None)
+        return rec
+    # s2: two questions about the scene (one when nothing else is in the vocabulary); one of them,
+    # at random, asks for a single word, the other is answered in a sentence, so that every
+    # question type is seen both ways and the answer suffix, not the task, sets the format
+    obj = meta["objects"][0]
+    asked = rec.get("tasks", [rec["task"]])
+    questions = [c["value"].removeprefix("<image>\n").removesuffix("\n" + world.ANSWER_SUFFIX)
+                 for c in rec["conversations"][::2]]
+    exact = rng.randrange(len(asked))
+    answers = {"color": obj["color"], "shape": obj["shape"], "position": obj["cell"]}
+    turns = [(q, answers[t] if k == exact else _natural(t, obj, rng), k == exact)
+             for k, (q, t) in enumerate(zip(questions, asked))]
+    rec.update(task="chat", conversations=world._conversation(turns))
+    return rec
+
+
+def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: tuple[float, float],
+                     image_size: int, questions: int = 1, tasks: tuple[str, ...] = SINGLE_TASKS) -> dict[str, Path]:
+    """Write each stage of `sizes` ({stage: records}) under `out/<stage>/`; returns {stage: data.jsonl}.
+    An image is reused when present: its file name carries a hash of the scene it draws."""
+    paths = {}
+    for stage, n in sizes.items():
+        folder = Path(out) / stage
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        lines = []
+        for i in range(n):
+            rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks)
+            scene = hashlib.sha1(json.dumps(rec["meta"], sort_keys=True).encode()).hexdigest()[:16]
+            rec["image"] = f"images/{rec['id']}-{scene}.png"
+            if not (folder / rec["image"]).exists():
+                render_scene(rec["meta"], image_size).save(folder / rec["image"])
+            lines.append(json.dumps(rec))
+        paths[stage] = folder / "data.jsonl"
+        paths[stage].write_text("\n".join(lines) + "\n")
+    return paths
