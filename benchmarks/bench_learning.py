@@ -21,6 +21,9 @@ words). `--scene single` trains and evaluates on one object per image with the o
 pairs in the evaluation plus new images of training pairs as `<task>_seen`). `--questions N` asks up
 to N of the tasks about every training image.
 
+`--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
+object colour: where a skill fails (shape on yellow objects, say).
+
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
 learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
 """
@@ -34,7 +37,8 @@ import time
 from pathlib import Path
 
 from monovl.checkpoint.upcycle import upcycle
-from monovl.demo.evaluate import load_eval_items, score_visual
+from monovl.demo.evaluate import generate_answers, load_eval_items, score_visual
+from monovl.eval.metrics import normalize_vqa_answer
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
 from monovl.demo.single import SINGLE_TASKS, write_curriculum, write_single_object_set
 from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
@@ -93,6 +97,9 @@ def main() -> None:
                     help="with --scene single: object radius range, fractions of the shorter side")
     ap.add_argument("--base", default=None,
                     help="start from this upcycled checkpoint instead of upcycling SmolLM2 at --image-size")
+    ap.add_argument("--by-color", action="store_true",
+                    help="with --scene single or demo: also score the final model on new images of all 24 colour-shape "
+                         "pairs (2 x --eval-per-task per task) and break each task down by the object's colour")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
     if args.questions is None:
@@ -175,8 +182,10 @@ def main() -> None:
         print(json.dumps(rows[-1]))
         if path != base and path != final:
             shutil.rmtree(path)
+    by_color = by_object_color(final, folder, [t for t in tasks if not t.endswith("_seen")], args, plan.eval_seed) \
+        if args.by_color and args.scene in ("single", "demo") else None
     eval_s = time.perf_counter() - t_eval
-    result = {"args": vars(args), "rows": rows, "train_s": train_s, "eval_s": eval_s,
+    result = {"args": vars(args), "rows": rows, **({"by_color": by_color} if by_color else {}), "train_s": train_s, "eval_s": eval_s,
               "total_s": time.perf_counter() - t0, "eval_items_per_task": args.eval_per_task}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=1))
@@ -186,6 +195,26 @@ def main() -> None:
          + (f", scale {args.lr_scale}" if args.lr_scale else ""))
     print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
           f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
+
+
+def by_object_color(path: Path, folder: Path, tasks: list[str], args, seed: int) -> dict[str, dict[str, list[int]]]:
+    """{task: {colour: [right, asked]}} for the model at `path` on new images of all 24 pairs."""
+    radius = tuple(float(v) for v in args.radius.split(","))
+    jsonl = write_single_object_set(folder / "eval_all", tasks, 2 * args.eval_per_task * len(tasks), seed=seed,
+                                    heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    items = load_eval_items(jsonl)
+    preds = generate_answers(MonoInternVL.from_pretrained(path), MonoProcessor.from_pretrained(path),
+                             [(i.question, i.image) for i in items], max_new_tokens=8, desc="eval by colour")
+    out: dict[str, dict[str, list[int]]] = {}
+    for rec, item, pred in zip(recs, items, preds):
+        cell = out.setdefault(item.task, {}).setdefault(rec["meta"]["objects"][0]["color"], [0, 0])
+        cell[0] += normalize_vqa_answer(pred) == normalize_vqa_answer(item.answers[0])
+        cell[1] += 1
+    for task, cells in out.items():
+        print(f"{task} by object colour (final model, all 24 pairs): "
+              + ", ".join(f"{c} {r}/{n}" for c, (r, n) in sorted(cells.items())))
+    return out
 
 
 def plot(rows: list[dict], tasks: list[str], png: Path, title: str) -> None:

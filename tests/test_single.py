@@ -193,3 +193,17 @@ def test_write_curriculum_writes_training_data(tmp_path):
     for path in paths.values():  # every record is valid training data for `monovl train`
         for line in path.read_text().splitlines():
             parse_record(json.loads(line), root=path.parent)
+
+
+def test_a_changed_scene_is_drawn_anew_not_read_from_a_stale_file(tmp_path):
+    # Images are reused when present; their names must change with the scene (here: the radius), or a
+    # second set written into the same folder would pair new questions with old pictures.
+    small = json.loads(write_single_object_set(tmp_path, ["shape"], 2, seed=0, heldout=False,
+                                               radius=(0.1, 0.15), image_size=64).read_text().splitlines()[0])
+    large = json.loads(write_single_object_set(tmp_path, ["shape"], 2, seed=0, heldout=False,
+                                               radius=(0.3, 0.4), image_size=64).read_text().splitlines()[0])
+    assert small["id"] == large["id"] and small["image"] != large["image"]
+    assert (tmp_path / small["image"]).exists() and (tmp_path / large["image"]).exists()
+    again = json.loads(write_single_object_set(tmp_path, ["shape"], 2, seed=0, heldout=False,
+                                               radius=(0.3, 0.4), image_size=64).read_text().splitlines()[0])
+    assert again["image"] == large["image"]

@@ -121,13 +121,22 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
     return rec
 
 
+def _draw(rec: dict, folder: Path, image_size: int) -> None:
+    """Set rec["image"] and draw it under `folder` unless present: the file name carries a hash of the
+    scene and the size, so a changed generator (say, new fills) never reuses a stale image."""
+    scene = hashlib.sha1(json.dumps([rec["meta"], image_size], sort_keys=True).encode()).hexdigest()[:16]
+    rec["image"] = f"images/{rec['id']}-{scene}.png"
+    if not (folder / rec["image"]).exists():
+        render_scene(rec["meta"], image_size).save(folder / rec["image"])
+
+
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
                             radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
                             questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False) -> Path:
     """Write `n` records (tasks in turn) with their images under `out`; returns `out/data.jsonl`.
 
-    Images are drawn at nominal size `image_size` (render.render_scene) and reused when present, so
-    a second call with the same arguments only rewrites the JSONL.
+    Images are drawn at nominal size `image_size` (render.render_scene) and reused when present (their
+    names hash the scene), so a second call with the same arguments only rewrites the JSONL.
     """
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -136,10 +145,7 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
         rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized=factorized,
                                    questions=questions, pool=tuple(tasks), factorized_share=factorized_share,
                                    all_pairs=all_pairs)
-        rec["image"] = f"images/{rec['id']}.png"
-        path = out / rec["image"]
-        if not path.exists():
-            render_scene(rec["meta"], image_size).save(path)
+        _draw(rec, out, image_size)
         lines.append(json.dumps(rec))
     jsonl = out / "data.jsonl"
     jsonl.write_text("\n".join(lines) + "\n")
@@ -231,10 +237,7 @@ def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: 
         lines = []
         for i in range(n):
             rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks)
-            scene = hashlib.sha1(json.dumps(rec["meta"], sort_keys=True).encode()).hexdigest()[:16]
-            rec["image"] = f"images/{rec['id']}-{scene}.png"
-            if not (folder / rec["image"]).exists():
-                render_scene(rec["meta"], image_size).save(folder / rec["image"])
+            _draw(rec, folder, image_size)
             lines.append(json.dumps(rec))
         paths[stage] = folder / "data.jsonl"
         paths[stage].write_text("\n".join(lines) + "\n")
