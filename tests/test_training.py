@@ -71,6 +71,8 @@ def test_stage_presets():
     assert not any("_ve.w" in n and "attention" in n for n in v1)
     assert len(apply_stage(model, get_stage("s2", "v1.5"))) == len(list(model.parameters())) - 1  # dead CLS
     custom = apply_stage(model, get_stage("s1.1", "v1.5", trainable=["mlp1.*"]))
+    # a custom list keeps the stage's purpose but not the preset's claim about what trains
+    assert get_stage("s1.3", trainable=["mlp1.*"]).description == "alignment learning on task data; custom trainable list"
     assert all(n.startswith("mlp1") for n in custom if "tok_embeddings" not in n)
     with pytest.raises(ValueError, match="matches no parameter"):
         apply_stage(model, get_stage("s2", trainable=["mlp2.*"]))

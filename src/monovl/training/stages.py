@@ -68,7 +68,9 @@ def get_stage(name: str, version: str = "v1", trainable: list[str] | None = None
         return StagePreset(name, "custom", tuple(trainable))
     preset = presets[name]
     if trainable is not None:
-        return StagePreset(preset.name, preset.description + " (custom trainable list)", tuple(trainable),
+        # The purpose stays; what the preset says about its trainable set would now be wrong.
+        purpose = preset.description.split(";")[0]
+        return StagePreset(preset.name, purpose + "; custom trainable list", tuple(trainable),
                            preset.new_token_rows)
     return preset
 
