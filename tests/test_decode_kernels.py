@@ -17,7 +17,7 @@ def randn(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("rows", [1, 3, 8, 16])
 @pytest.mark.parametrize("out", [4, 13, 130])  # whole blocks of 4 rows, a remainder, several threads' worth
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear(native, rows, out, bias):
@@ -32,12 +32,12 @@ def test_linear(native, rows, out, bias):
 
 
 def test_linear_above_the_native_row_limit_uses_torch(native):
-    x, w = randn(decode_kernels.BANDWIDTH_BOUND_ROWS + 1, 16), randn(9, 16, seed=1)
+    x, w = randn(decode_kernels.NATIVE_MAX_ROWS + 1, 16), randn(9, 16, seed=1)
     torch.testing.assert_close(native.linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(native.swiglu(x, w, w), REF.swiglu(x, w, w), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 5])
+@pytest.mark.parametrize("rows", [1, 5, 16])
 def test_swiglu(native, rows):
     x, w1, w3 = randn(rows, 32), randn(70, 32, seed=1), randn(70, 32, seed=2)
     torch.testing.assert_close(native.swiglu(x, w1, w3), REF.swiglu(x, w1, w3), rtol=1e-5, atol=1e-5)

@@ -32,9 +32,14 @@ def test_speed_bench_writes_table_json_and_plot(tmp_path, capsys):
     assert all(r["tiles"] == r["image_tokens"] // 4 and r["new_tokens"] == 3 for r in data["rows"])
     assert [(t["image_tokens"], t["concurrency"]) for t in data["table"]] == [(8, 1), (8, 2), (16, 1), (16, 2)]
     assert all("ttft_speedup" in t and "decode_speedup" in t for t in data["table"])
+    # a batched step's cost against that many single-row steps: tok/s at 1 over tok/s at c
+    by = {(t["image_tokens"], t["concurrency"]): t for t in data["table"]}
+    for i in (8, 16):
+        assert by[i, 1]["batch_step_cost"] == 1.0
+        assert by[i, 2]["batch_step_cost"] == pytest.approx(by[i, 1]["decode_tok_s_routed"] / by[i, 2]["decode_tok_s_routed"])
     md = (out / "speed.md").read_text()
     table_lines = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table_lines) == 5 and "TTFT speed-up" in table_lines[0]
+    assert len(table_lines) == 5 and "TTFT speed-up" in table_lines[0] and "batch step" in table_lines[0]
     assert (out / "speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| 16 | 2 |" in capsys.readouterr().out
 

@@ -39,9 +39,13 @@ from ..model.decoder import apply_rotary
 
 SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 
-# Up to this many rows a product is bound by reading the weights; above, it is compute-bound and
-# MKL's GEMM beats both the row-split batched matmul and the native row-streaming products.
+# Up to this many rows the row-split batched matmul (`split_linear`) beats MKL's GEMM; above, MKL's
+# GEMM wins (16 rows: 0.8x-1.2x of MKL's time on the cpu-420m shapes, 2-core AMD EPYC with AVX-512).
 BANDWIDTH_BOUND_ROWS = 8
+# Up to this many rows the native row-streaming products beat MKL's GEMM: at 16 rows they take
+# 1.1-2.2x less time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
+# 2026-12-04, 2-core AMD EPYC with AVX-512), so a batch of 16 decodes on them.
+NATIVE_MAX_ROWS = 16
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
@@ -98,7 +102,7 @@ class TorchKernels:
 
 
 class NativeKernels:
-    """The compiled kernels (`torch.ops.monovl_decode`); batches above BANDWIDTH_BOUND_ROWS rows use
+    """The compiled kernels (`torch.ops.monovl_decode`); batches above NATIVE_MAX_ROWS rows use
     PyTorch's products."""
 
     name = "native"
@@ -108,7 +112,7 @@ class NativeKernels:
         self.torch = TorchKernels()
 
     def linear(self, x, weight, bias=None, accumulate=None):
-        if x.shape[0] > BANDWIDTH_BOUND_ROWS:
+        if x.shape[0] > NATIVE_MAX_ROWS:
             return self.torch.linear(x, weight, bias, accumulate)
         if accumulate is None:
             return self.ops.linear(x, weight, bias)
@@ -116,7 +120,7 @@ class NativeKernels:
         return accumulate
 
     def swiglu(self, x, w1, w3):
-        if x.shape[0] > BANDWIDTH_BOUND_ROWS:
+        if x.shape[0] > NATIVE_MAX_ROWS:
             return self.torch.swiglu(x, w1, w3)
         return self.ops.swiglu(x, w1, w3)
 

@@ -213,7 +213,12 @@ def speed_table(rows: Sequence[SpeedRow]) -> list[dict[str, Any]]:
         })
         cell[f"ttft_ms_{r.routing}"] = r.ttft_s * 1e3
         cell[f"decode_tok_s_{r.routing}"] = r.decode_tokens_per_s
-    for cell in cells.values():
+    for (image_tokens, conc), cell in cells.items():
+        # One decode step for `conc` rows against `conc` single-row steps: tok/s(1) / tok/s(conc).
+        # Under 1 means batching pays; 1/conc would be a step that costs no more than one row.
+        single = cells.get((image_tokens, 1))
+        if single is not None and "decode_tok_s_routed" in single and "decode_tok_s_routed" in cell:
+            cell["batch_step_cost"] = single["decode_tok_s_routed"] / cell["decode_tok_s_routed"]
         if "ttft_ms_naive" in cell:
             cell["ttft_speedup"] = cell["ttft_ms_naive"] / cell["ttft_ms_routed"]
             cell["decode_speedup"] = cell["decode_tok_s_routed"] / cell["decode_tok_s_naive"]
@@ -225,21 +230,22 @@ def speed_markdown(rows: Sequence[SpeedRow]) -> str:
     naive = any("ttft_ms_naive" in c for c in table)
     if naive:
         head = ("| image tokens | concurrency | TTFT routed (ms) | TTFT naive (ms) | TTFT speed-up "
-                "| decode routed (tok/s) | decode naive (tok/s) | decode speed-up |")
-        sep = "|---:|---:|---:|---:|---:|---:|---:|---:|"
+                "| decode routed (tok/s) | decode naive (tok/s) | decode speed-up | batch step / c single steps |")
+        sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     else:
-        head = "| image tokens | concurrency | TTFT (ms) | decode (tok/s) |"
-        sep = "|---:|---:|---:|---:|"
+        head = "| image tokens | concurrency | TTFT (ms) | decode (tok/s) | batch step / c single steps |"
+        sep = "|---:|---:|---:|---:|---:|"
     lines = [head, sep]
     for c in table:
+        cost = f"{c['batch_step_cost']:.2f}" if "batch_step_cost" in c else "-"
         if naive:
             lines.append(
                 f"| {c['image_tokens']} | {c['concurrency']} | {c['ttft_ms_routed']:.0f} | {c['ttft_ms_naive']:.0f} "
                 f"| {c['ttft_speedup']:.2f}x | {c['decode_tok_s_routed']:.1f} | {c['decode_tok_s_naive']:.1f} "
-                f"| {c['decode_speedup']:.2f}x |")
+                f"| {c['decode_speedup']:.2f}x | {cost} |")
         else:
             lines.append(f"| {c['image_tokens']} | {c['concurrency']} | {c['ttft_ms_routed']:.0f} "
-                         f"| {c['decode_tok_s_routed']:.1f} |")
+                         f"| {c['decode_tok_s_routed']:.1f} | {cost} |")
     return "\n".join(lines) + "\n"
 
 

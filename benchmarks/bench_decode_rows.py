@@ -1,0 +1,74 @@
+"""Decode products at batch B: the native row-streaming kernel against PyTorch's GEMM (MKL).
+
+    .venv/bin/python benchmarks/bench_decode_rows.py [--preset cpu-420m | --model DIR] [--rows 1,4,8,16,32]
+
+For each weight shape of the decode step of the preset (or of the checkpoint in DIR: its config.json) (wqkv, wo, w1 = w3, w2, the head) and each row
+count, the median time of `torch.ops.monovl_decode.linear` (monovl/engine/csrc/decode_kernels.cpp)
+and of `F.linear`. `monovl.engine.decode_kernels.BANDWIDTH_BOUND_ROWS` is the row count up to which
+the decode step uses the native products: the largest count where they win on the measured machine
+(README, "Performance").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from monovl.engine.decode_kernels import native_kernels
+from monovl.model.config import MonoConfig, preset
+
+
+def median_ms(fn, reps: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="cpu-420m")
+    ap.add_argument("--model", help="a checkpoint directory: its shapes instead of the preset's")
+    ap.add_argument("--rows", default="1,4,8,16,32")
+    ap.add_argument("--reps", type=int, default=15)
+    args = ap.parse_args()
+    kernels = native_kernels()
+    if kernels is None:
+        raise SystemExit("the native decode kernels could not be built here; nothing to compare")
+    if args.model:
+        llm = MonoConfig.from_dict(json.loads(open(f"{args.model}/config.json").read())).llm
+    else:
+        llm = preset(args.preset).llm
+    qkv = (llm.num_attention_heads + 2 * llm.num_key_value_heads) * llm.head_dim
+    shapes = {"wqkv": (qkv, llm.hidden_size), "wo": (llm.hidden_size, llm.num_attention_heads * llm.head_dim),
+              "w1, w3": (llm.intermediate_size, llm.hidden_size), "w2": (llm.hidden_size, llm.intermediate_size),
+              "head": (llm.vocab_size, llm.hidden_size)}
+    rows = [int(r) for r in args.rows.split(",")]
+    print(f"{args.model or 'preset ' + args.preset}, threads {torch.get_num_threads()}; ms per product, native / F.linear (ratio)")
+    print("| weight | " + " | ".join(f"{r} rows" for r in rows) + " |")
+    print("|---|" + "---|" * len(rows))
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for name, (out, inn) in shapes.items():
+            w = torch.randn(out, inn, generator=g)
+            cells = []
+            for r in rows:
+                x = torch.randn(r, inn, generator=g)
+                reps = max(3, args.reps if out * inn < 2**24 else args.reps // 3)
+                native = median_ms(lambda: kernels.ops.linear(x, w, None), reps)
+                mkl = median_ms(lambda: F.linear(x, w), reps)
+                cells.append(f"{native:.2f} / {mkl:.2f} ({mkl / native:.2f}x)")
+            print(f"| {name} [{out}x{inn}] | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
