@@ -124,3 +124,13 @@ def test_switched_off_or_failed_build_falls_back_to_torch(monkeypatch, tmp_path)
     with pytest.warns(RuntimeWarning, match="could not be built .Error building extension: no compiler.; "
                                             "decoding uses the slower PyTorch kernels"):
         assert decode_kernels.native_kernels.__wrapped__() is None
+
+
+def test_build_directory_is_per_pytorch_installation(monkeypatch, tmp_path):
+    # Two virtual environments with the same PyTorch version must not share a build: its files name
+    # the installation's include paths, so they would rebuild it in turn (and race).
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    first = decode_kernels.build_directory()
+    other = tmp_path / "other-venv" / "torch" / "__init__.py"
+    monkeypatch.setattr(decode_kernels.torch, "__file__", str(other))
+    assert decode_kernels.build_directory() != first

@@ -13,7 +13,7 @@ by memory bandwidth. PyTorch's ops leave a gap there on a small CPU:
 SwiGLU does both of its products in one pass, attention reads each key and value once for all
 the query heads of its group as four streams, and norm, rotary and cache write are single calls.
 It is compiled on first use with `torch.utils.cpp_extension` into `~/.cache/monovl/kernels`
-(about 20 s on 2 cores, once per source version and PyTorch version). Where it cannot be built
+(about 20 s on 2 cores, once per source version and PyTorch installation). Where it cannot be built
 (no C++ compiler, `MONOVL_NATIVE_KERNELS=0`), `TorchKernels` runs the same step with PyTorch ops.
 `benchmarks/bench_inference.py` measures both.
 
@@ -142,8 +142,12 @@ def _compiler_flags() -> list[str]:
 
 
 def build_directory() -> Path:
-    """One folder per source text, compiler flags and PyTorch version, so a stale build is never loaded."""
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_compiler_flags()).encode() + torch.__version__.encode())
+    """One folder per source text, compiler flags, PyTorch version and PyTorch installation, so a stale
+    build is never loaded. The installation matters: the build files name its include paths, so two
+    virtual environments sharing one folder rebuilt it in turn on every first use (7 s each here),
+    and one could load a library while the other rewrote it."""
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(_compiler_flags()).encode() + torch.__version__.encode()
+                         + str(Path(torch.__file__).resolve().parent).encode())
     root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "monovl" / "kernels"
     return root / key.hexdigest()[:16]
 
