@@ -73,7 +73,7 @@ class DemoPlan:
     # needs scenes of its own (33% against 66% held-out position after s1.3).
     tasks: tuple[str, ...] = ("shape", "color", "shape", "position")
     # Sized for a 2-core machine with a ~65 GFLOP/s fp32 GEMM peak (about 85 training tokens/s
-    # there; 244 on the AVX-512 AMD EPYC where the README's run took 6.7 min, so about 19 there).
+    # there; 261 on the AVX-512 AMD EPYC where the README's run took 5.9 min, so about 18 there).
     sizes: CurriculumSizes = field(default_factory=lambda: CurriculumSizes(
         s1_1=24, s1_2=24, s1_3=352, s2=24, eval_per_task=16))
     stages: dict[str, StagePlan] = field(default_factory=lambda: {
