@@ -40,7 +40,8 @@ from ..model.decoder import apply_rotary
 SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 
 # Up to this many rows the row-split batched matmul (`split_linear`) beats MKL's GEMM; above, MKL's
-# GEMM wins (16 rows: 0.8x-1.2x of MKL's time on the cpu-420m shapes, 2-core AMD EPYC with AVX-512).
+# GEMM wins (at 16 rows the split took 1.05-1.2x MKL's time on the cpu-420m shapes, 2-core AMD EPYC
+# with AVX-512).
 BANDWIDTH_BOUND_ROWS = 8
 # Up to this many rows the native row-streaming products beat MKL's GEMM: at 16 rows they take
 # 1.1-2.2x less time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
