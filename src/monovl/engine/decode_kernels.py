@@ -43,8 +43,8 @@ SOURCE = Path(__file__).parent / "csrc" / "decode_kernels.cpp"
 # GEMM wins (at 16 rows the split took 1.05-1.2x MKL's time on the cpu-420m shapes, 2-core AMD EPYC
 # with AVX-512).
 BANDWIDTH_BOUND_ROWS = 8
-# Up to this many rows the native row-streaming products beat MKL's GEMM: at 16 rows they take
-# 1.1-2.2x less time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
+# Up to this many rows the native row-streaming products beat MKL's GEMM: at 16 rows MKL takes
+# 1.1-2.2x their time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
 # 2026-12-04, 2-core AMD EPYC with AVX-512), so a batch of 16 decodes on them.
 NATIVE_MAX_ROWS = 16
 
