@@ -2,17 +2,16 @@
 
     .venv/bin/python benchmarks/bench_decode_rows.py [--preset cpu-420m | --model DIR] [--rows 1,4,8,16,32]
 
-For each weight shape of the decode step of the preset (or of the checkpoint in DIR: its config.json) (wqkv, wo, w1 = w3, w2, the head) and each row
-count, the median time of `torch.ops.monovl_decode.linear` (monovl/engine/csrc/decode_kernels.cpp)
-and of `F.linear`. `monovl.engine.decode_kernels.BANDWIDTH_BOUND_ROWS` is the row count up to which
-the decode step uses the native products: the largest count where they win on the measured machine
-(README, "Performance").
+For each weight shape of the decode step (wqkv, wo, w1 = w3, w2, the head) of the preset, or of the
+checkpoint in DIR, and each row count: the median time of `torch.ops.monovl_decode.linear`
+(monovl/engine/csrc/decode_kernels.cpp) and of `F.linear`. `monovl.engine.decode_kernels.NATIVE_MAX_ROWS`
+is the row count up to which the decode step uses the native products: the largest count where they
+win on the measured machine (README, "Performance").
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -45,7 +44,7 @@ def main() -> None:
     if kernels is None:
         raise SystemExit("the native decode kernels could not be built here; nothing to compare")
     if args.model:
-        llm = MonoConfig.from_dict(json.loads(open(f"{args.model}/config.json").read())).llm
+        llm = MonoConfig.from_json(f"{args.model}/config.json").llm
     else:
         llm = preset(args.preset).llm
     qkv = (llm.num_attention_heads + 2 * llm.num_key_value_heads) * llm.head_dim
@@ -53,7 +52,8 @@ def main() -> None:
               "w1, w3": (llm.intermediate_size, llm.hidden_size), "w2": (llm.hidden_size, llm.intermediate_size),
               "head": (llm.vocab_size, llm.hidden_size)}
     rows = [int(r) for r in args.rows.split(",")]
-    print(f"{args.model or 'preset ' + args.preset}, threads {torch.get_num_threads()}; ms per product, native / F.linear (ratio)")
+    print(f"{args.model or 'preset ' + args.preset}, threads {torch.get_num_threads()}; "
+          "ms per product, native / F.linear (ratio)")
     print("| weight | " + " | ".join(f"{r} rows" for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     g = torch.Generator().manual_seed(0)

@@ -37,8 +37,7 @@ import time
 from pathlib import Path
 
 from monovl.checkpoint.upcycle import upcycle
-from monovl.demo.evaluate import generate_answers, load_eval_items, score_visual
-from monovl.eval.metrics import normalize_vqa_answer
+from monovl.demo.evaluate import answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
 from monovl.demo.single import SINGLE_TASKS, write_curriculum, write_single_object_set
 from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
@@ -114,11 +113,11 @@ def main() -> None:
         SMOLLM2, work / f"base-{tag}-t1", image_size=args.image_size, max_tiles=1,
         attention_experts=args.attention_experts).out
     samples = args.steps * args.batch_size
+    radius = tuple(float(v) for v in args.radius.split(","))  # single and demo scenes
     if args.scene == "demo":
         cycle = tuple(args.tasks.split(",")) if args.tasks else plan.tasks
         tasks = list(SINGLE_TASKS)
         folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}"
-        radius = tuple(float(v) for v in args.radius.split(","))
         data = write_curriculum(folder / "train", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle)["s1.3"]
         evals = write_single_object_set(folder / "eval", tasks, args.eval_per_task * len(tasks), seed=plan.eval_seed,
@@ -135,7 +134,6 @@ def main() -> None:
         items = [i for i in load_eval_items(evals["eval"]) if i.task in tasks]
     else:
         tasks = (args.tasks or ",".join(SINGLE_TASKS)).split(",")
-        radius = tuple(float(v) for v in args.radius.split(","))
         folder = work / f"single-{args.image_size}-r{args.radius.replace(',', '-')}"
         name = "train" + ("-factorized" if args.factorized else "")
         name += f"-share{args.factorized_share:g}" if args.factorized and args.factorized_share != 0.5 else ""
@@ -174,19 +172,22 @@ def main() -> None:
     rows = []
     t_eval = time.perf_counter()
     for step, path in checkpoints:
-        model = MonoInternVL.from_pretrained(path)
-        scores, _ = score_visual(model, MonoProcessor.from_pretrained(path), items)
+        model, processor = MonoInternVL.from_pretrained(path), MonoProcessor.from_pretrained(path)
+        scores, _ = score_visual(model, processor, items)
         diag = {k: metrics.get(step, {}).get(k) for k in ("loss", "swap_tv", "img_norm", "text_norm",
                                                          "img_token_spread", "attn_to_image")}
         rows.append({"step": step, "samples": step * args.batch_size, **{t: scores.get(t) for t in tasks}, **diag})
         print(json.dumps(rows[-1]))
         if path != base and path != final:
             shutil.rmtree(path)
-    by_color = by_object_color(final, folder, [t for t in tasks if not t.endswith("_seen")], args, plan.eval_seed) \
-        if args.by_color and args.scene in ("single", "demo") else None
+    by_color = None
+    if args.by_color and args.scene in ("single", "demo"):  # the loop ended on the final model
+        base_tasks = [t for t in tasks if not t.endswith("_seen")]
+        by_color = by_object_color(model, processor, folder, base_tasks, radius, args, plan.eval_seed)
     eval_s = time.perf_counter() - t_eval
-    result = {"args": vars(args), "rows": rows, **({"by_color": by_color} if by_color else {}), "train_s": train_s, "eval_s": eval_s,
-              "total_s": time.perf_counter() - t0, "eval_items_per_task": args.eval_per_task}
+    result = {"args": vars(args), "rows": rows, **({"by_color": by_color} if by_color else {}),
+              "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t0,
+              "eval_items_per_task": args.eval_per_task}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=1))
     scene = ("the demo world" if args.scene == "world" else
@@ -197,19 +198,19 @@ def main() -> None:
           f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
 
 
-def by_object_color(path: Path, folder: Path, tasks: list[str], args, seed: int) -> dict[str, dict[str, list[int]]]:
-    """{task: {colour: [right, asked]}} for the model at `path` on new images of all 24 pairs."""
-    radius = tuple(float(v) for v in args.radius.split(","))
+def by_object_color(model: MonoInternVL, processor: MonoProcessor, folder: Path, tasks: list[str],
+                    radius: tuple[float, float], args, seed: int) -> dict[str, dict[str, list[int]]]:
+    """{task: {colour: [right, asked]}} for `model` on new images of all 24 pairs."""
     jsonl = write_single_object_set(folder / "eval_all", tasks, 2 * args.eval_per_task * len(tasks), seed=seed,
                                     heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
     items = load_eval_items(jsonl)
-    preds = generate_answers(MonoInternVL.from_pretrained(path), MonoProcessor.from_pretrained(path),
-                             [(i.question, i.image) for i in items], max_new_tokens=8, desc="eval by colour")
+    preds = generate_answers(model, processor, [(i.question, i.image) for i in items], max_new_tokens=8,
+                             desc="eval by colour")
     out: dict[str, dict[str, list[int]]] = {}
     for rec, item, pred in zip(recs, items, preds):
         cell = out.setdefault(item.task, {}).setdefault(rec["meta"]["objects"][0]["color"], [0, 0])
-        cell[0] += normalize_vqa_answer(pred) == normalize_vqa_answer(item.answers[0])
+        cell[0] += answer_hit(pred, item.answers)
         cell[1] += 1
     for task, cells in out.items():
         print(f"{task} by object colour (final model, all 24 pairs): "

@@ -74,6 +74,11 @@ def generate_answers(model: MonoInternVL, processor: MonoProcessor, questions: l
     return answers
 
 
+def answer_hit(prediction: str, answers: list[str]) -> bool:
+    """Exact match after VQA normalisation against any of the answers."""
+    return normalize_vqa_answer(prediction) in {normalize_vqa_answer(a) for a in answers}
+
+
 def score_visual(model: MonoInternVL, processor: MonoProcessor, items: list[EvalItem], batch_size: int = 16,
                  n_examples: int = 3) -> tuple[dict[str, float], dict[str, list[dict]]]:
     by_task: dict[str, list[int]] = defaultdict(list)
@@ -88,8 +93,7 @@ def score_visual(model: MonoInternVL, processor: MonoProcessor, items: list[Eval
             cider, _ = cider_d({i: p for i, p in zip(idx, preds)}, {i: items[i].answers for i in idx})
             scores[task] = 100 * cider
         else:
-            hits = [normalize_vqa_answer(p) in {normalize_vqa_answer(a) for a in items[i].answers}
-                    for i, p in zip(idx, preds)]
+            hits = [answer_hit(p, items[i].answers) for i, p in zip(idx, preds)]
             scores[task] = 100 * sum(hits) / len(hits)
         examples[task] = [{"question": items[i].question.replace(IMAGE_PLACEHOLDER + "\n", ""),
                            "image": items[i].image, "answer": items[i].answers[0], "prediction": p}
