@@ -60,3 +60,53 @@ def test_workload_shapes_and_naive_switch_restored():
     assert model.language_model.naive_routing is False
     with pytest.raises(ValueError, match="new tokens must be >= 2"):
         SpeedGrid(image_tokens=[4], new_tokens=1)
+
+
+def _small_encoder():
+    from monovl.eval.modular import EncoderConfig
+
+    # The tiny preset's 56 px tiles, a ViT small enough for a unit test.
+    return EncoderConfig(image_size=56, patch_size=14, hidden_size=32, num_layers=2, num_heads=2, mlp_size=64)
+
+
+def test_modular_baseline_runs_every_token_through_the_text_path():
+    from monovl.eval.modular import ModularBaseline
+
+    model = build_random_model("tiny", torch.device("cpu"))
+    torch.manual_seed(0)
+    modular = ModularBaseline(model, _small_encoder()).eval()
+    ids, pixels = make_workload(model, image_tokens=8, text_tokens=6, batch=1)
+    with torch.no_grad():
+        before = modular(ids, pixels).logits
+        mono_before = model(ids, pixels).logits
+        assert before.shape == mono_before.shape
+        # The image reaches the LLM through the encoder ...
+        assert not torch.allclose(modular(ids, pixels.flip(-1)).logits, before)
+        # ... and no token takes a visual expert: changing them moves the monolithic model only.
+        for layer in model.language_model.model.layers:
+            layer.feed_forward_ve.w2.weight.mul_(3.0)
+        assert torch.equal(modular(ids, pixels).logits, before)
+        assert not torch.allclose(model(ids, pixels).logits, mono_before)
+        one_slot_short = ids.clone()
+        one_slot_short[0, 3] = 3  # the first image slot (after 3 text tokens) becomes text
+        with pytest.raises(ValueError, match="image token count mismatch"):
+            modular(one_slot_short, pixels)
+    from monovl.eval.modular import EncoderConfig
+
+    with pytest.raises(ValueError, match="tokens per 112 px tile"):
+        ModularBaseline(model, EncoderConfig(image_size=112, hidden_size=32, num_layers=1, num_heads=2, mlp_size=64))
+
+
+def test_run_speed_with_modular_baseline_reports_how_much_lower_ttft_is():
+    from monovl.eval.speed import run_speed, speed_markdown, speed_table
+
+    model = build_random_model("tiny", torch.device("cpu"))
+    grid = SpeedGrid(image_tokens=[4, 8], text_tokens=2, new_tokens=2, concurrency=[1], naive_baseline=False,
+                     modular_baseline=True)
+    rows = run_speed(model, grid, log=None, encoder=_small_encoder())
+    assert sorted((r.image_tokens, r.routing) for r in rows) == [(4, "modular"), (4, "routed"), (8, "modular"),
+                                                                 (8, "routed")]
+    for cell in speed_table(rows):
+        assert cell["ttft_lower_than_modular"] == pytest.approx(1 - cell["ttft_ms_routed"] / cell["ttft_ms_modular"])
+    head = speed_markdown(rows).splitlines()[0]
+    assert "TTFT modular (ms)" in head and "TTFT lower than modular" in head and "naive" not in head

@@ -21,6 +21,12 @@ are text in both (the published code also routes decode steps to the text
 FFN because it keys routing on the KV cache), so the naive baseline mainly
 changes the prefill, and the decode speed-up is expected to be about 1.
 
+With ``modular_baseline`` each cell also runs a modular model of the paper's
+comparison (InternVL-1.5-2B): an InternViT-300M-shaped encoder with random
+weights in front of the same LLM (monovl.eval.modular), the same prompt and
+tiles, every token through the text path. The table then gives how much lower
+the monolithic TTFT is (the paper reports 59-67% on an A100, Table 6).
+
 Weights do not affect speed, so a ``--preset`` model has random weights. On
 CUDA the model runs in bf16 and timings are bracketed by
 ``torch.cuda.synchronize()``. Each shape is warmed up once (a short run) before
@@ -63,6 +69,9 @@ class SpeedGrid:
     concurrency: list[int] = field(default_factory=lambda: [1, 16])
     repeats: int = 1
     naive_baseline: bool = True
+    # An InternViT-300M-shaped encoder in front of the same LLM (monovl.eval.modular), the paper's
+    # monolithic-vs-modular comparison.
+    modular_baseline: bool = False
 
     def __post_init__(self) -> None:
         if not self.image_tokens or any(n < 0 for n in self.image_tokens):
@@ -89,7 +98,7 @@ class SpeedRow:
     text_tokens: int
     new_tokens: int
     concurrency: int
-    routing: str  # "routed" (monovl) or "naive" (both experts, masked)
+    routing: str  # "routed" (monovl), "naive" (both experts, masked) or "modular" (ViT + text-path LLM)
     ttft_s: float
     decode_tokens_per_s: float
     total_s: float
@@ -166,26 +175,36 @@ def time_generation(model: Any, ids: torch.Tensor, pixels: torch.Tensor | None,
     return first - start, (tokens / decode_time if decode_time > 0 else float("inf")), last - start
 
 
-def run_speed(model: Any, grid: SpeedGrid, log: Callable[[str], None] | None = print) -> list[SpeedRow]:
-    """Time every (image tokens, concurrency) cell, routed and (optionally) naive."""
+def run_speed(model: Any, grid: SpeedGrid, log: Callable[[str], None] | None = print,
+              encoder: Any = None) -> list[SpeedRow]:
+    """Time every (image tokens, concurrency) cell, routed and (optionally) naive and modular.
+
+    `encoder` (a monovl.eval.modular.EncoderConfig) shapes the modular baseline's ViT; default
+    InternViT-300M at the model's tile size."""
     rows: list[SpeedRow] = []
     lm = model.language_model
     device = model.device
-    modes = [("routed", False)] + ([("naive", True)] if grid.naive_baseline else [])
+    modes = [("routed", model, False)] + ([("naive", model, True)] if grid.naive_baseline else [])
+    if grid.modular_baseline:
+        from .modular import ModularBaseline
+
+        torch.manual_seed(0)
+        modes.append(("modular", ModularBaseline(model, encoder).eval(), False))
     with torch.inference_mode():
         for n_img in grid.image_tokens:
             for conc in grid.concurrency:
                 ids, pixels = make_workload(model, n_img, grid.text_tokens, conc)
-                # Warm-up once per shape: allocator, kernels and thread pools.
-                time_generation(model, ids, pixels, 2)
-                for name, naive in modes:
+                # Warm-up once per shape and model: allocator, kernels and thread pools.
+                for m in dict.fromkeys(m for _, m, _ in modes):
+                    time_generation(m, ids, pixels, 2)
+                for name, timed, naive in modes:
                     lm.naive_routing = naive
                     try:
                         runs = []
                         if device.type == "cuda":
                             torch.cuda.reset_peak_memory_stats(device)
                         for _ in range(grid.repeats):
-                            runs.append(time_generation(model, ids, pixels, grid.new_tokens))
+                            runs.append(time_generation(timed, ids, pixels, grid.new_tokens))
                     finally:
                         lm.naive_routing = False
                     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
@@ -198,7 +217,7 @@ def run_speed(model: Any, grid: SpeedGrid, log: Callable[[str], None] | None = p
                     )
                     rows.append(row)
                     if log:
-                        log(f"image {n_img:5d} x{conc:<3d} {name:6s}: TTFT {row.ttft_s * 1e3:8.1f} ms, "
+                        log(f"image {n_img:5d} x{conc:<3d} {name:7s}: TTFT {row.ttft_s * 1e3:8.1f} ms, "
                             f"decode {row.decode_tokens_per_s:8.1f} tok/s")
     return rows
 
@@ -222,30 +241,36 @@ def speed_table(rows: Sequence[SpeedRow]) -> list[dict[str, Any]]:
         if "ttft_ms_naive" in cell:
             cell["ttft_speedup"] = cell["ttft_ms_naive"] / cell["ttft_ms_routed"]
             cell["decode_speedup"] = cell["decode_tok_s_routed"] / cell["decode_tok_s_naive"]
+        if "ttft_ms_modular" in cell:
+            # The paper's form: how much lower the monolithic first-token latency is, as a fraction.
+            cell["ttft_lower_than_modular"] = 1 - cell["ttft_ms_routed"] / cell["ttft_ms_modular"]
     return [cells[k] for k in sorted(cells)]
 
 
 def speed_markdown(rows: Sequence[SpeedRow]) -> str:
     table = speed_table(rows)
     naive = any("ttft_ms_naive" in c for c in table)
+    modular = any("ttft_ms_modular" in c for c in table)
+    # (header, cell -> text); a baseline's columns appear only when it ran.
+    cols = [("image tokens", lambda c: str(c["image_tokens"])), ("concurrency", lambda c: str(c["concurrency"])),
+            ("TTFT routed (ms)" if naive or modular else "TTFT (ms)", lambda c: f"{c['ttft_ms_routed']:.0f}")]
     if naive:
-        head = ("| image tokens | concurrency | TTFT routed (ms) | TTFT naive (ms) | TTFT speed-up "
-                "| decode routed (tok/s) | decode naive (tok/s) | decode speed-up | batch step / c single steps |")
-        sep = "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    else:
-        head = "| image tokens | concurrency | TTFT (ms) | decode (tok/s) | batch step / c single steps |"
-        sep = "|---:|---:|---:|---:|---:|"
-    lines = [head, sep]
-    for c in table:
-        cost = f"{c['batch_step_cost']:.2f}" if "batch_step_cost" in c else "-"
-        if naive:
-            lines.append(
-                f"| {c['image_tokens']} | {c['concurrency']} | {c['ttft_ms_routed']:.0f} | {c['ttft_ms_naive']:.0f} "
-                f"| {c['ttft_speedup']:.2f}x | {c['decode_tok_s_routed']:.1f} | {c['decode_tok_s_naive']:.1f} "
-                f"| {c['decode_speedup']:.2f}x | {cost} |")
-        else:
-            lines.append(f"| {c['image_tokens']} | {c['concurrency']} | {c['ttft_ms_routed']:.0f} "
-                         f"| {c['decode_tok_s_routed']:.1f} | {cost} |")
+        cols += [("TTFT naive (ms)", lambda c: f"{c['ttft_ms_naive']:.0f}"),
+                 ("TTFT speed-up", lambda c: f"{c['ttft_speedup']:.2f}x")]
+    if modular:
+        cols += [("TTFT modular (ms)", lambda c: f"{c['ttft_ms_modular']:.0f}"),
+                 ("TTFT lower than modular", lambda c: f"{100 * c['ttft_lower_than_modular']:.0f}%")]
+    cols.append(("decode routed (tok/s)" if naive or modular else "decode (tok/s)",
+                 lambda c: f"{c['decode_tok_s_routed']:.1f}"))
+    if naive:
+        cols += [("decode naive (tok/s)", lambda c: f"{c['decode_tok_s_naive']:.1f}"),
+                 ("decode speed-up", lambda c: f"{c['decode_speedup']:.2f}x")]
+    if modular:
+        cols.append(("decode modular (tok/s)", lambda c: f"{c['decode_tok_s_modular']:.1f}"))
+    cols.append(("batch step / c single steps",
+                 lambda c: f"{c['batch_step_cost']:.2f}" if "batch_step_cost" in c else "-"))
+    lines = ["| " + " | ".join(h for h, _ in cols) + " |", "|" + "---:|" * len(cols)]
+    lines += ["| " + " | ".join(f(c) for _, f in cols) + " |" for c in table]
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +290,7 @@ def _plot(rows: Sequence[SpeedRow], path: Path, title: str) -> None:
     for (conc, routing), items in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1] != "routed")):
         items = sorted(items, key=lambda r: r.image_tokens)
         xs = [r.image_tokens for r in items]
-        style = "-o" if routing == "routed" else "--s"
+        style = {"routed": "-o", "naive": "--s"}.get(routing, ":^")
         label = f"{routing}, concurrency {conc}"
         ax_t.plot(xs, [r.ttft_s * 1e3 for r in items], style, color=colours[conc], label=label)
         ax_d.plot(xs, [r.decode_tokens_per_s for r in items], style, color=colours[conc], label=label)
