@@ -1,12 +1,13 @@
 """Decode products at batch B: the native row-streaming kernel against PyTorch's GEMM (MKL).
 
-    .venv/bin/python benchmarks/bench_decode_rows.py [--preset cpu-420m | --model DIR] [--rows 1,4,8,16,32]
+    .venv/bin/python benchmarks/bench_decode_rows.py [--preset cpu-420m | --model DIR] [--rows 1,4,8,16,32] [--int8]
 
 For each weight shape of the decode step (wqkv, wo, w1 = w3, w2, the head) of the preset, or of the
 checkpoint in DIR, and each row count: the median time of `torch.ops.monovl_decode.linear`
 (monovl/engine/csrc/decode_kernels.cpp) and of `F.linear`. `monovl.engine.decode_kernels.NATIVE_MAX_ROWS`
 is the row count up to which the decode step uses the native products: the largest count where they
-win on the measured machine (README, "Performance").
+win on the measured machine (README, "Performance"). `--int8` adds the weight-only int8 product
+(`linear_int8`, the same weight rounded per output channel) between the two.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from monovl.engine.decode_kernels import native_kernels
 from monovl.model.config import MonoConfig, preset
+from monovl.model.quantize import quantize_rows
 
 
 def median_ms(fn, reps: int) -> float:
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--model", help="a checkpoint directory: its shapes instead of the preset's")
     ap.add_argument("--rows", default="1,4,8,16,32")
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--int8", action="store_true", help="also time the int8 product (linear_int8)")
     args = ap.parse_args()
     kernels = native_kernels()
     if kernels is None:
@@ -53,7 +56,8 @@ def main() -> None:
               "head": (llm.vocab_size, llm.hidden_size)}
     rows = [int(r) for r in args.rows.split(",")]
     print(f"{args.model or 'preset ' + args.preset}, threads {torch.get_num_threads()}; "
-          "ms per product, native / F.linear (ratio)")
+          + ("ms per product, native fp32 / native int8 / F.linear (F.linear over fp32, over int8)" if args.int8
+             else "ms per product, native / F.linear (ratio)"))
     print("| weight | " + " | ".join(f"{r} rows" for r in rows) + " |")
     print("|---|" + "---|" * len(rows))
     g = torch.Generator().manual_seed(0)
@@ -66,7 +70,12 @@ def main() -> None:
                 reps = max(3, args.reps if out * inn < 2**24 else args.reps // 3)
                 native = median_ms(lambda: kernels.ops.linear(x, w, None), reps)
                 mkl = median_ms(lambda: F.linear(x, w), reps)
-                cells.append(f"{native:.2f} / {mkl:.2f} ({mkl / native:.2f}x)")
+                if args.int8:
+                    q, scale = quantize_rows(w)
+                    int8 = median_ms(lambda: kernels.ops.linear_int8(x, q, scale, None), reps)
+                    cells.append(f"{native:.2f} / {int8:.2f} / {mkl:.2f} ({mkl / native:.2f}x, {mkl / int8:.2f}x)")
+                else:
+                    cells.append(f"{native:.2f} / {mkl:.2f} ({mkl / native:.2f}x)")
             print(f"| {name} [{out}x{inn}] | " + " | ".join(cells) + " |")
 
 

@@ -1,9 +1,11 @@
 """Time to first token and decode speed against this machine's own limits.
 
-    .venv/bin/python benchmarks/bench_inference.py [--preset cpu-420m] [--tiles 3] [--text 260] [--new 64]
+    .venv/bin/python benchmarks/bench_inference.py [--preset cpu-420m | --model DIR] [--tiles 3] [--text 260] [--new 64]
 
 The model is the `cpu-420m` preset (hidden 1024, 8 layers, 8 heads, 4 KV heads, FFN 4096, vision
-hidden 1024, vocab 92553) with random weights: speed does not depend on the values.
+hidden 1024, vocab 92553) with random weights: speed does not depend on the values. `--model DIR`
+times a checkpoint instead (the demo's upcycled SmolLM2: 30 narrow layers, a different balance of
+products and overhead).
 
 Targets (issue 2):
 - time to first token >= 60% of the measured fp32 GEMM throughput for the FLOPs that must be done
@@ -11,7 +13,9 @@ Targets (issue 2):
 - decode >= 80% of the memory-bandwidth bound, the time to read the decode weights once per token.
 
 Rows: the default engine (native decode kernels where they build), the same step on PyTorch
-kernels, decode through `LanguageModel.forward` (`cpu_decode=False`), and a published-style row.
+kernels, decode through `LanguageModel.forward` (`cpu_decode=False`), a published-style row, and
+last the model quantized to weight-only int8 (`quantize="int8"`, monovl.model.quantize), whose
+decode bound counts the int8 bytes it reads.
 Each row's TTFT and decode are medians over `--reps` generations. The machine's limits are probed
 before the first row and after every row; the best probe sets the ideal times.
 
@@ -36,6 +40,7 @@ from monovl.engine.cpu_decode import CPUDecoder
 from monovl.engine.decode_kernels import TorchKernels
 from monovl.model import decoder
 from monovl.model.config import preset
+from monovl.model.quantize import quantize_int8_
 
 
 def measure_gemm_gflops(n: int = 2048, k: int = 2048, m: int = 4096, reps: int = 10) -> float:
@@ -81,12 +86,18 @@ def prefill_flops(model: MonoInternVL, n_text: int, n_img: int, tiles: int) -> f
 
 
 def decode_bytes(model: MonoInternVL) -> int:
-    """Weights read per decode token: attention, text FFN and norms of every layer, final norm, head."""
+    """Weights read per decode token: attention, text FFN and norms of every layer, final norm, head
+    (int8 values and their scales for the products of a quantized model)."""
     total = 0
-    for name, p in model.language_model.named_parameters():
-        if "feed_forward_ve" in name or "_ve." in name or "tok_embeddings" in name:
+    for name, module in model.language_model.named_modules():
+        if "feed_forward_ve" in name or "_ve" in name.rsplit(".", 1)[-1] or "tok_embeddings" in name:
             continue
-        total += p.numel() * p.element_size()
+        for p in module.parameters(recurse=False):
+            q = getattr(module, "weight_int8", None)
+            if q is not None and p is module.weight:
+                total += q.numel() + module.weight_scale.numel() * 4
+            else:
+                total += p.numel() * p.element_size()
     return total + model.config.llm.hidden_size * model.dtype.itemsize  # one embedding row
 
 
@@ -148,21 +159,28 @@ def run(model, ids, tiles, n_new, reps, cpu_decode=None, kernels=None):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu-420m")
+    ap.add_argument("--model", default=None, help="a checkpoint directory instead of the preset")
     ap.add_argument("--tiles", type=int, default=3)
     ap.add_argument("--text", type=int, default=260, help="text tokens around the image")
     ap.add_argument("--new", type=int, default=64, help="decode tokens timed")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--skip-int8", action="store_true", help="no weight-only int8 row")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    model = MonoInternVL(preset(args.preset)).init_weights().eval()
-    model.image_token_id = model.config.llm.vocab_size - 7  # the <IMG_CONTEXT> slot of the 92553 vocab
+    if args.model:
+        model = MonoInternVL.from_pretrained(args.model)
+        name = args.model
+    else:
+        model = MonoInternVL(preset(args.preset)).init_weights().eval()
+        model.image_token_id = model.config.llm.vocab_size - 7  # the <IMG_CONTEXT> slot of the 92553 vocab
+        name = args.preset
     n_img = model.num_image_token * args.tiles
     half = args.text // 2
     g = torch.Generator().manual_seed(0)
-    text = torch.randint(3, 90000, (args.text,), generator=g)
+    text = torch.randint(3, min(90000, model.image_token_id), (args.text,), generator=g)
     ids = torch.cat([text[:half], torch.full((n_img,), model.image_token_id), text[half:]])[None]
     size = model.config.vision.image_size
     tiles = torch.randn(args.tiles, 3, size, size, generator=g)
@@ -174,7 +192,7 @@ def main() -> None:
     flops = prefill_flops(model, args.text, n_img, args.tiles)
     bytes_per_token = decode_bytes(model)
     params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.preset}: {params / 1e6:.1f}M params; prompt {ids.shape[1]} tokens "
+    print(f"model {name}: {params / 1e6:.1f}M params; prompt {ids.shape[1]} tokens "
           f"({n_img} image + {args.text} text); threads {torch.get_num_threads()}")
 
     # (row, Engine arguments, emulate the published routing)
@@ -191,6 +209,15 @@ def main() -> None:
             probes.append((measure_gemm_gflops(), measure_read_gbps()))
         matmuls = measure_decode_matmuls(model)
         probes.append((measure_gemm_gflops(), measure_read_gbps()))
+        row_bytes = dict.fromkeys(rows, bytes_per_token)
+        if not args.skip_int8:
+            # Last: quantizing replaces the weights by their int8 values in place.
+            quantize_int8_(model)
+            int8_name = f"monovl int8 ({CPUDecoder(model).kernels.name} kernels)"
+            rows[int8_name] = run(model, ids, tiles, args.new, args.reps)
+            row_bytes[int8_name] = decode_bytes(model)
+            probes.append((measure_gemm_gflops(), measure_read_gbps()))
+            int8_matmuls = measure_decode_matmuls(model)
     gemm, bw = max(g for g, _ in probes), max(b for _, b in probes)
     print(f"machine, best of {len(probes)} probes: fp32 GEMM {gemm:.1f} GFLOP/s "
           f"(lowest {min(g for g, _ in probes):.1f}), read bandwidth {bw:.1f} GB/s (lowest {min(b for _, b in probes):.1f})")
@@ -201,18 +228,24 @@ def main() -> None:
           f"decode reads {bytes_per_token / 1e6:.0f} MB/token -> ideal {decode_ideal * 1e3:.1f} ms/token\n")
     print("| implementation | TTFT (ms) | % of GEMM peak | decode (ms/token) | tokens/s | % of bandwidth bound |")
     print("|---|---|---|---|---|---|")
-    results = {"preset": args.preset, "params": params, "prompt_tokens": ids.shape[1], "image_tokens": n_img,
+    results = {"preset": args.preset, "model": args.model, "params": params, "prompt_tokens": ids.shape[1], "image_tokens": n_img,
                "gemm_gflops": gemm, "read_gbps": bw,
                "probes": [{"gemm_gflops": g, "read_gbps": b} for g, b in probes], "prefill_gflop": flops / 1e9,
                "decode_mb_per_token": bytes_per_token / 1e6, "rows": {}}
     for name, (ttft, per_tok) in rows.items():
-        eff_t, eff_d = ttft_ideal / ttft, decode_ideal / per_tok
+        eff_t, eff_d = ttft_ideal / ttft, row_bytes[name] / (bw * 1e9) / per_tok
         print(f"| {name} | {ttft * 1e3:.0f} | {eff_t:.0%} | {per_tok * 1e3:.1f} | {1 / per_tok:.1f} | {eff_d:.0%} |")
         results["rows"][name] = {"ttft_s": ttft, "decode_s_per_token": per_tok,
                                  "ttft_efficiency": eff_t, "decode_efficiency": eff_d}
     print(f"\ndecode products alone (the default kernels, no attention or other ops): "
           f"{matmuls * 1e3:.1f} ms/token, {decode_ideal / matmuls:.0%} of the bandwidth bound")
     results["decode_matmuls_s_per_token"] = matmuls
+    if not args.skip_int8:
+        int8_ideal = row_bytes[int8_name] / (bw * 1e9)
+        print(f"int8: decode reads {row_bytes[int8_name] / 1e6:.0f} MB/token -> ideal {int8_ideal * 1e3:.1f} ms/token; "
+              f"products alone {int8_matmuls * 1e3:.1f} ms/token, {int8_ideal / int8_matmuls:.0%} of that bound")
+        results["int8_decode_mb_per_token"] = row_bytes[int8_name] / 1e6
+        results["int8_decode_matmuls_s_per_token"] = int8_matmuls
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

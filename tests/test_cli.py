@@ -20,12 +20,13 @@ def chat_dir(tmp_path_factory, tiny_model_dir):
     return d
 
 
-def test_one_shot_answer_streams_the_greedy_tokens(chat_dir, capsys):
+@pytest.mark.parametrize("quantize", [None, "int8"])
+def test_one_shot_answer_streams_the_greedy_tokens(chat_dir, capsys, quantize):
     rc = main(["chat", "--model", str(chat_dir), "--image", str(chat_dir / "red.png"), "What colour?",
-               "--max-new-tokens", "6"])
+               "--max-new-tokens", "6"] + (["--quantize", quantize] if quantize else []))
     assert rc == 0
     printed = capsys.readouterr().out
-    model = MonoInternVL.from_pretrained(chat_dir)
+    model = MonoInternVL.from_pretrained(chat_dir, quantize=quantize)
     processor = MonoProcessor.from_pretrained(chat_dir)
     inputs = processor("What colour?", images=[str(chat_dir / "red.png")])
     new = model.generate(inputs["input_ids"], inputs["pixel_values"], max_new_tokens=6,
@@ -89,3 +90,35 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     # Delta tuning of the single-stage run keeps the LLM frozen: its English loss is the base's.
     single = next(v for k, v in ablations.items() if k.startswith("single stage"))
     assert single["english_nll"] == results["base"]["english_nll"]
+
+
+def test_quantize_flag_reaches_the_model_in_every_command(chat_dir, tmp_path, monkeypatch):
+    """`--quantize int8` on chat, eval text, bench speed and serve loads the model quantized."""
+    import argparse
+
+    from monovl.cli import serve as serve_cli
+    from monovl.model.quantize import is_quantized
+
+    loaded = []
+    original = MonoInternVL.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        model = original(cls, *args, **kwargs)
+        loaded.append(is_quantized(model))
+        return model
+
+    monkeypatch.setattr(MonoInternVL, "from_pretrained", classmethod(spy))
+    (tmp_path / "t.txt").write_text("hello world " * 20)
+    assert main(["chat", "--model", str(chat_dir), "hi", "--max-new-tokens", "2", "--quantize", "int8"]) == 0
+    assert main(["eval", "text", "--model", str(chat_dir), "--data", str(tmp_path / "t.txt"), "--quantize", "int8",
+                 "--out", str(tmp_path / "t.json")]) == 0
+    assert main(["bench", "speed", "--model", str(chat_dir), "--device", "cpu", "--image-tokens", "4",
+                 "--text-tokens", "2", "--new-tokens", "2", "--concurrency", "1", "--no-baseline", "--quiet",
+                 "--quantize", "int8", "--out", str(tmp_path / "speed")]) == 0
+    assert loaded == [True, True, True]
+    parser = argparse.ArgumentParser()
+    serve_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["serve", "--model", str(chat_dir), "--quantize", "int8"])
+    assert serve_cli.config_from_args(args).quantize == "int8"
+    with pytest.raises(SystemExit):
+        main(["chat", "--model", str(chat_dir), "hi", "--quantize", "int4"])

@@ -2,6 +2,7 @@
 
     monovl bench speed --preset cpu-420m                      # CPU: the quick grid
     monovl bench speed --model DIR --device cuda              # GPU: the paper's grid, bf16
+    monovl bench speed --preset cpu-420m --modular-baseline   # against a ViT + LLM modular model
     monovl bench speed --preset tiny --image-tokens 8,16 --text-tokens 8 --new-tokens 4 --concurrency 1,2
 
 Grids: ``paper`` = image tokens 768,1792,3840 x concurrency 1,16, 256 text
@@ -18,6 +19,8 @@ import platform
 from dataclasses import replace
 
 import torch
+
+from .chat import add_quantize_arg
 
 
 def _int_list(text: str) -> list[int]:
@@ -47,14 +50,19 @@ def run_speed_cli(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in (("image_tokens", args.image_tokens), ("text_tokens", args.text_tokens),
                                    ("new_tokens", args.new_tokens), ("concurrency", args.concurrency),
                                    ("repeats", args.repeats)) if v is not None}
-    grid = replace(grid, naive_baseline=not args.no_baseline, **overrides)
+    grid = replace(grid, naive_baseline=not args.no_baseline, modular_baseline=args.modular_baseline, **overrides)
 
     dtype = resolve_dtype(args.dtype, device)
     if args.preset:
         model = build_random_model(args.preset, device, dtype)
         name = f"preset {args.preset} (random weights)"
+        if args.quantize:
+            from ..model.quantize import quantize_int8_
+
+            quantize_int8_(model)
+            name += f", {args.quantize}"
     else:
-        model = MonoInternVL.from_pretrained(args.model, dtype=dtype, device=device)
+        model = MonoInternVL.from_pretrained(args.model, dtype=dtype, device=device, quantize=args.quantize)
         if model.image_token_id is None:
             model.image_token_id = model.config.llm.vocab_size - 7  # only a slot id is needed for timing
         name = str(args.model)
@@ -63,6 +71,7 @@ def run_speed_cli(args: argparse.Namespace) -> int:
         "model": name, "params": params, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "grid": grid_name, "image_tokens": grid.image_tokens, "text_tokens": grid.text_tokens,
         "new_tokens": grid.new_tokens, "concurrency": grid.concurrency, "repeats": grid.repeats,
+        "modular_baseline": "InternViT-300M-shaped encoder + the same LLM" if grid.modular_baseline else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
@@ -95,8 +104,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--concurrency", type=_int_list, default=None, help="batch sizes, e.g. 1,16")
     s.add_argument("--repeats", type=int, default=None, help="timed runs per cell (median; default 1)")
     s.add_argument("--no-baseline", action="store_true", help="skip the naive-routing baseline")
+    s.add_argument("--modular-baseline", action="store_true",
+                   help="also time a modular model: an InternViT-300M-shaped encoder (random weights) in front of "
+                        "the same LLM, the paper's monolithic-vs-modular TTFT comparison")
     s.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     s.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    add_quantize_arg(s)
     s.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     s.add_argument("--out", default="bench-speed", help="output directory (speed.json, speed.md, speed.png)")
     s.add_argument("--quiet", action="store_true", help="only the final table")

@@ -16,6 +16,12 @@ from ..processing import MonoProcessor
 DEFAULT_MAX_NEW_TOKENS = 512
 
 
+def add_quantize_arg(p: argparse.ArgumentParser) -> None:
+    from ..model.quantize import QUANTIZE_CHOICES, QUANTIZE_HELP
+
+    p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None, help=QUANTIZE_HELP)
+
+
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
     g.add_argument("--max-new-tokens", type=int, default=None,
@@ -118,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     if args.draw_boxes and len(args.image or ()) != 1:
         raise ValueError("--draw-boxes needs exactly one --image to draw on")
     model_dir = Path(args.model)
-    model = MonoInternVL.from_pretrained(model_dir, dtype=args.dtype, device=args.device)
+    model = MonoInternVL.from_pretrained(model_dir, dtype=args.dtype, device=args.device, quantize=args.quantize)
     processor = MonoProcessor.from_pretrained(model_dir, official_convert=args.official_preprocessing)
     session = ChatSession(model, processor, images=args.image or (), system_message=args.system,
                           max_tiles=args.max_tiles, sampling=sampling_from_args(args),
@@ -178,5 +184,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "alpha dropped (default: EXIF orientation applied, transparency composited on white)")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    add_quantize_arg(p)
     add_sampling_args(p)
     p.set_defaults(func=run)

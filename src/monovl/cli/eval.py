@@ -14,13 +14,15 @@ import sys
 from pathlib import Path
 
 from ..eval.tasks import get_task, task_names
+from .chat import add_quantize_arg
 
 
-def _load(model_dir: str, dtype: str | None, device: str | None, official_convert: bool = False):
+def _load(model_dir: str, dtype: str | None, device: str | None, official_convert: bool = False,
+          quantize: str | None = None):
     from ..model.mono_internvl import MonoInternVL
     from ..processing import MonoProcessor
 
-    model = MonoInternVL.from_pretrained(model_dir, dtype=dtype, device=device)
+    model = MonoInternVL.from_pretrained(model_dir, dtype=dtype, device=device, quantize=quantize)
     processor = MonoProcessor.from_pretrained(model_dir, official_convert=official_convert)
     if model.image_token_id is None:
         model.image_token_id = processor.image_token_id
@@ -44,7 +46,7 @@ def run_eval(args: argparse.Namespace) -> int:
     task = get_task(args.task)  # fail on a bad task before loading a model
     if not Path(args.data).is_file():
         raise FileNotFoundError(f"no such data file: {args.data}")
-    model, processor = _load(args.model, args.dtype, args.device, args.official_preprocessing)
+    model, processor = _load(args.model, args.dtype, args.device, args.official_preprocessing, args.quantize)
     predictor = ModelPredictor(model, processor, args.max_new_tokens or task.max_new_tokens, args.max_tiles)
     result = run_benchmark(predictor, args.data, task, args.out, batch_size=args.batch_size, limit=args.limit,
                            progress=not args.no_progress)
@@ -83,7 +85,7 @@ def text_eval(args: argparse.Namespace) -> int:
     from ..processing import MonoProcessor
 
     # Text only: no pixel values ever reach the model; the processor is needed only for --chat.
-    model = MonoInternVL.from_pretrained(args.model, dtype=args.dtype, device=args.device)
+    model = MonoInternVL.from_pretrained(args.model, dtype=args.dtype, device=args.device, quantize=args.quantize)
     tokenizer = load_tokenizer(args.model)  # the checkpoint's own tokenizer, as `chat` loads it
     processor = MonoProcessor.from_pretrained(args.model, tokenizer=tokenizer) if args.chat else None
     result: dict = {"model": args.model, "data": str(data), "kind": kind}
@@ -115,6 +117,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory with tokenizer files")
     p.add_argument("--dtype", default=None, help="float32 (CPU default) or bfloat16 (GPU default)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu)")
+    add_quantize_arg(p)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

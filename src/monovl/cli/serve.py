@@ -6,6 +6,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from .chat import add_quantize_arg
+
 
 def config_from_args(args: argparse.Namespace):
     """The `ServeConfig` the flags ask for; the model name defaults to the directory's basename."""
@@ -29,6 +31,7 @@ def config_from_args(args: argparse.Namespace):
         max_request_bytes=args.max_request_mb * 1024 * 1024,
         media=MediaPolicy(allow_remote=args.allow_remote_media, allowed_local_path=local),
         shutdown_timeout=args.shutdown_timeout,
+        quantize=args.quantize,
     )
 
 
@@ -85,5 +88,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="allow http(s) image URLs; loopback, private and link-local addresses stay refused")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds running streams get to finish on shutdown (default 30)")
+    add_quantize_arg(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)

@@ -18,7 +18,8 @@ import torch
 
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL
-from .decode_kernels import NativeKernels, TorchKernels, default_kernels
+from ..model.quantize import int8_weight
+from .decode_kernels import Int8Weight, NativeKernels, TorchKernels, default_kernels
 
 
 def available(model: MonoInternVL) -> bool:
@@ -43,18 +44,23 @@ class CPUDecoder:
         self.groups = cfg.num_attention_heads // cfg.num_key_value_heads
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
-        def weights(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-            return linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+        def weight(linear: torch.nn.Linear) -> torch.Tensor | Int8Weight:
+            # A quantized model (monovl.model.quantize) decodes on its int8 copies.
+            q = int8_weight(linear)
+            return linear.weight.detach() if q is None else Int8Weight(*q, linear.weight.detach())
+
+        def weights(linear: torch.nn.Linear) -> tuple[torch.Tensor | Int8Weight, torch.Tensor | None]:
+            return weight(linear), None if linear.bias is None else linear.bias.detach()
 
         # Per layer: attention norm, wqkv (+ bias), wo (+ bias), FFN norm, w1, w3, w2.
         self.layers = [
             (layer.attention_norm.weight.detach(), *weights(layer.attention.wqkv), *weights(layer.attention.wo),
-             layer.ffn_norm.weight.detach(), layer.feed_forward.w1.weight.detach(),
-             layer.feed_forward.w3.weight.detach(), layer.feed_forward.w2.weight.detach())
+             layer.ffn_norm.weight.detach(), weight(layer.feed_forward.w1), weight(layer.feed_forward.w3),
+             weight(layer.feed_forward.w2))
             for layer in lm.model.layers
         ]
         self.final_norm = lm.model.norm.weight.detach()
-        self.head = lm.output.weight.detach()
+        self.head = weight(lm.output)
         self.embedding = lm.model.tok_embeddings.weight.detach()
 
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,

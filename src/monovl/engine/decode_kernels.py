@@ -18,7 +18,10 @@ It is compiled on first use with `torch.utils.cpp_extension` into `~/.cache/mono
 `benchmarks/bench_inference.py` measures both.
 
 Both kernel sets take the same arguments: x [B, in] rows, weights [out, in], packed
-qkv [B, n_kv, groups + 2, head_dim], and one layer's cache [B, n_kv, capacity, head_dim].
+qkv [B, n_kv, groups + 2, head_dim], and one layer's cache [B, n_kv, capacity, head_dim]. A weight
+may also be an `Int8Weight` (a model quantized by monovl.model.quantize): the native products then
+read its int8 values, a quarter of the bytes; the PyTorch kernels use its fp32 copy, which holds the
+same values.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import sys
 import sysconfig
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +51,19 @@ BANDWIDTH_BOUND_ROWS = 8
 # 1.1-2.2x their time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
 # 2026-12-04, 2-core AMD EPYC with AVX-512), so a batch of 16 decodes on them.
 NATIVE_MAX_ROWS = 16
+
+
+class Int8Weight(NamedTuple):
+    """A weight-only int8 linear weight: int8 [out, in], fp32 scale [out], and the fp32 weight that
+    equals int8 * scale (the module's own, used where a product runs on PyTorch ops)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    dense: torch.Tensor
+
+
+def dense(weight: torch.Tensor | Int8Weight) -> torch.Tensor:
+    return weight.dense if isinstance(weight, Int8Weight) else weight
 
 
 def split_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, blocks: int) -> torch.Tensor:
@@ -77,7 +94,7 @@ class TorchKernels:
         self.blocks = blocks
 
     def linear(self, x, weight, bias=None, accumulate=None):
-        y = split_linear(x, weight, bias, self.blocks or torch.get_num_threads())
+        y = split_linear(x, dense(weight), bias, self.blocks or torch.get_num_threads())
         return y if accumulate is None else accumulate.add_(y)
 
     def swiglu(self, x, w1, w3):
@@ -115,6 +132,11 @@ class NativeKernels:
     def linear(self, x, weight, bias=None, accumulate=None):
         if x.shape[0] > NATIVE_MAX_ROWS:
             return self.torch.linear(x, weight, bias, accumulate)
+        if isinstance(weight, Int8Weight):
+            if accumulate is None:
+                return self.ops.linear_int8(x, weight.q, weight.scale, bias)
+            self.ops.linear_int8_add_(accumulate, x, weight.q, weight.scale, bias)
+            return accumulate
         if accumulate is None:
             return self.ops.linear(x, weight, bias)
         self.ops.linear_add_(accumulate, x, weight, bias)
@@ -123,7 +145,9 @@ class NativeKernels:
     def swiglu(self, x, w1, w3):
         if x.shape[0] > NATIVE_MAX_ROWS:
             return self.torch.swiglu(x, w1, w3)
-        return self.ops.swiglu(x, w1, w3)
+        if isinstance(w1, Int8Weight) and isinstance(w3, Int8Weight):
+            return self.ops.swiglu_int8(x, w1.q, w1.scale, w3.q, w3.scale)
+        return self.ops.swiglu(x, dense(w1), dense(w3))
 
     def rms_norm(self, x, weight, eps):
         return self.ops.rms_norm(x, weight, eps)

@@ -187,8 +187,16 @@ class MonoInternVL(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | str | None = None,
-                        device: torch.device | str | None = None) -> "MonoInternVL":
-        """Load an official Hugging Face layout directory (or one saved by monovl); no remote code runs."""
+                        device: torch.device | str | None = None, quantize: str | None = None) -> "MonoInternVL":
+        """Load an official Hugging Face layout directory (or one saved by monovl); no remote code runs.
+
+        `quantize="int8"`: weight-only int8 for the decoder and the head, one scale per output
+        channel (monovl.model.quantize); the CPU decode kernels then read int8. Raises ValueError
+        for any other value."""
+        from .quantize import QUANTIZE_CHOICES, quantize_int8_
+
+        if quantize is not None and quantize not in QUANTIZE_CHOICES:
+            raise ValueError(f"quantize must be one of {QUANTIZE_CHOICES} or None, got {quantize!r}")
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(f"checkpoint directory {path} does not exist")
@@ -205,6 +213,8 @@ class MonoInternVL(nn.Module):
             model.language_model.output.weight = model.language_model.model.tok_embeddings.weight
         model.image_token_id = _image_token_id(path, config)
         model.stop_token_ids = checkpoint_stop_token_ids(path)
+        if quantize == "int8":
+            quantize_int8_(model)
         return model.eval()
 
     def save_pretrained(self, path: str | Path, max_shard_bytes: int = 5 * 1024**3,

@@ -65,6 +65,7 @@ class ServeConfig:
     shutdown_timeout: float = 30.0
     retry_after_s: int = 1
     cpu_decode: bool | None = None
+    quantize: str | None = None  # "int8": weight-only int8 decode (monovl.model.quantize), a directory only
     trace: bool = False  # record the scheduler's turns (tests)
 
 
@@ -314,7 +315,7 @@ def create_app(model: MonoInternVL | str | Path, processor: MonoProcessor | None
         if "served_model_name" not in overrides and (config.served_model_name == ServeConfig.served_model_name):
             config = replace(config, served_model_name=directory.resolve().name)
         processor = processor or MonoProcessor.from_pretrained(directory)
-        model = MonoInternVL.from_pretrained(directory)
+        model = MonoInternVL.from_pretrained(directory, quantize=config.quantize)
     if processor is None:
         raise ValueError("create_app(model=...) with a loaded model needs its processor")
     server = Server(model, processor, config)
