@@ -7,8 +7,8 @@ the wqkv product, rotary + cache write, attention over `--context` cached tokens
 added into the residual, SwiGLU, the w2 product) and the head, timed as `NativeKernels` and as
 `TorchKernels` (monovl/engine/decode_kernels.py), median over repeats. A kernel's gain is the
 PyTorch time over the native time; the issue's rule is that an fp32 kernel gaining under 10% is
-removed. The per-layer calls are summed over the layers, so the last column says where a step's
-time goes. Weights are random (speed does not depend on them); the head of a tied model is counted
+removed. The "native, per step" column sums a call over the layers, so it says where a step's time
+goes. Weights are random (speed does not depend on them); the head of a tied model is counted
 as its own product. `--int8` adds the int8 products of the same weights.
 """
 

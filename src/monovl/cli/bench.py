@@ -65,12 +65,13 @@ def run_speed_cli(args: argparse.Namespace) -> int:
         model = MonoInternVL.from_pretrained(args.model, dtype=dtype, device=device, quantize=args.quantize)
         if model.image_token_id is None:
             model.image_token_id = model.config.llm.vocab_size - 7  # only a slot id is needed for timing
-        name = str(args.model)
+        name = str(args.model) + (f", {args.quantize}" if args.quantize else "")
     params = sum(p.numel() for p in model.parameters())
     meta = {
         "model": name, "params": params, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
         "grid": grid_name, "image_tokens": grid.image_tokens, "text_tokens": grid.text_tokens,
         "new_tokens": grid.new_tokens, "concurrency": grid.concurrency, "repeats": grid.repeats,
+        "quantize": args.quantize,
         "modular_baseline": "InternViT-300M-shaped encoder + the same LLM" if grid.modular_baseline else None,
         "threads": torch.get_num_threads(), "torch": torch.__version__, "machine": platform.machine(),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
