@@ -72,3 +72,22 @@ def test_training_on_gpu_bf16_autocast_keeps_frozen_weights(tiny_model_dir, tmp_
     assert torch.equal(text_logits(before), text_logits(after))
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(l == l for l in losses) and losses[-1] < losses[0]
+
+
+def test_block_routed_ffn_kernel_on_gpu_bf16():
+    """The Triton kernel compiled for the GPU (the CPU tests run it interpreted) against decoder.Route."""
+    from monovl.model import triton_routed
+    from monovl.model.decoder import FeedForward, Route
+
+    if not triton_routed.available():
+        pytest.skip("Triton is not installed")
+    torch.manual_seed(0)
+    text_ffn = FeedForward(256, 512).cuda().bfloat16()
+    visual_ffn = FeedForward(256, 512).cuda().bfloat16()
+    vis = torch.zeros(2, 300, dtype=torch.bool, device="cuda")
+    vis[:, 20:276] = True  # one tile's 256 image tokens between text
+    x = torch.randn(2, 300, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = Route.from_mask(vis).apply(x, text_ffn, visual_ffn).float()
+        got = triton_routed.routed_swiglu(x, vis, text_ffn, visual_ffn).float()
+    assert (got - expected).abs().max().item() <= 0.02 * expected.abs().max().item()
