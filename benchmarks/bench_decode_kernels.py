@@ -15,25 +15,16 @@ as its own product. `--int8` adds the int8 products of the same weights.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from bench_decode_rows import llm_config, median_ms  # the same timing and shapes as the per-row benchmark
 
 from monovl.engine.decode_kernels import Int8Weight, TorchKernels, native_kernels
-from monovl.model.config import MonoConfig, preset
 from monovl.model.quantize import quantize_rows
 
 
 def median_us(fn, reps: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e6
+    return 1e3 * median_ms(fn, reps)
 
 
 def main() -> None:
@@ -48,7 +39,7 @@ def main() -> None:
     if native is None:
         raise SystemExit("the native decode kernels could not be built here; nothing to compare")
     ref = TorchKernels()
-    llm = MonoConfig.from_json(f"{args.model}/config.json").llm if args.model else preset(args.preset).llm
+    llm = llm_config(args.preset, args.model)
     h, ffn, n_kv, d = llm.hidden_size, llm.intermediate_size, llm.num_key_value_heads, llm.head_dim
     groups = llm.num_attention_heads // n_kv
     g = torch.Generator().manual_seed(0)

@@ -35,6 +35,11 @@ def median_ms(fn, reps: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def llm_config(preset_name: str, model: str | None):
+    """The LLM shape of a checkpoint directory, else of a preset (weights are not needed)."""
+    return MonoConfig.from_json(f"{model}/config.json").llm if model else preset(preset_name).llm
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu-420m")
@@ -46,10 +51,7 @@ def main() -> None:
     kernels = native_kernels()
     if kernels is None:
         raise SystemExit("the native decode kernels could not be built here; nothing to compare")
-    if args.model:
-        llm = MonoConfig.from_json(f"{args.model}/config.json").llm
-    else:
-        llm = preset(args.preset).llm
+    llm = llm_config(args.preset, args.model)
     qkv = (llm.num_attention_heads + 2 * llm.num_key_value_heads) * llm.head_dim
     shapes = {"wqkv": (qkv, llm.hidden_size), "wo": (llm.hidden_size, llm.num_attention_heads * llm.head_dim),
               "w1, w3": (llm.intermediate_size, llm.hidden_size), "w2": (llm.hidden_size, llm.intermediate_size),

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..model.mono_internvl import ModelOutput, MonoInternVL, positions_from_mask
-from ..model.vision import Projector, pixel_shuffle
+from ..model.vision import Projector, image_features
 
 __all__ = ["EncoderConfig", "INTERNVIT_300M", "VisionEncoder", "ModularBaseline"]
 
@@ -108,11 +108,9 @@ class ModularBaseline(nn.Module):
         embeds = self.language_model.model.tok_embeddings(input_ids)
         if pixel_values is None:
             return embeds
-        x = self.encoder(pixel_values.to(self.device, self.dtype))
-        t, n, c = x.shape
-        side = int(n**0.5)
-        x = pixel_shuffle(x.reshape(t, side, side, c), self.config.downsample_ratio, self.config.ps_version)
-        feats = self.projector(x.flatten(1, 2)).flatten(0, 1)
+        # The monolithic model's own path (patches -> pixel shuffle -> projector), with the ViT in
+        # place of its patch embedding.
+        feats = image_features(self.encoder, self.projector, pixel_values.to(self.device, self.dtype), self.config)
         slot = self.image_token_id if image_token_id is None else image_token_id
         mask = input_ids == slot
         if int(mask.sum()) != feats.shape[0]:

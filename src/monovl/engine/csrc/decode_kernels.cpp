@@ -1,8 +1,8 @@
 // fp32 CPU kernels for one decode step; engine/decode_kernels.py builds them and says why.
 //
 // Every op works on contiguous fp32 tensors (the `_int8` products also take int8 weights with one
-// fp32 scale per output row: weight-only int8, monovl/model/quantize.py), B rows at a time (B small: decode), and splits its
-// work over ATen's intra-op threads. Products read each weight row once and reuse it for all B
+// fp32 scale per output row: weight-only int8, monovl/model/quantize.py), B rows at a time (B
+// small: decode), and splits its work over ATen's intra-op threads. Products read each weight row once and reuse it for all B
 // rows while it sits in L1; attention reads each cached key and value once for all the query heads
 // of its group. Layouts are the decoder's: packed qkv rows [B, n_kv, groups + 2, head_dim] (groups
 // query heads, then the key, then the value of each KV head) and a cache [B, n_kv, capacity, D].
@@ -42,9 +42,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// y[b, r] = x[b] . w[r] for rows [r0, r0 + n) of w, n <= kRows; calls emit(b, r, value). W is float,
-// or int8_t for weight-only int8 (the caller applies the row's scale): the int8 weights are widened
-// to fp32 in registers, so the products read a quarter of the bytes.
 #if defined(__AVX2__) && defined(__FMA__)
 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -76,6 +73,9 @@ inline void dot4_int8(const float* xb, const int8_t* w0, const int8_t* w1, const
 }
 #endif
 
+// y[b, r] = x[b] . w[r] for rows [r0, r0 + n) of w, n <= kRows; calls emit(b, r, value). W is float,
+// or int8_t for weight-only int8 (the caller applies the row's scale): the int8 weights are widened
+// to fp32 in registers, so the products read a quarter of the bytes.
 template <typename W, typename Emit>
 inline void row_block(const float* x, int64_t batch, int64_t in, const W* w, int64_t r0, int64_t n, Emit emit) {
   const W* w0 = w + r0 * in;
