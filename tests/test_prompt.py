@@ -211,3 +211,28 @@ def test_assistant_spans_are_the_answers_with_their_separator(name):
     assert full.endswith(template.roles[1]) and spans == [(len(full), len(full))]
     with pytest.raises(ValueError, match="alternating"):
         template.render_messages([{"role": "assistant", "content": "a"}])
+
+
+@pytest.mark.parametrize("name", ["internlm2-chat", "chatml", "smollm2"])
+def test_named_templates_as_jinja_render_the_same_text(name):
+    """`ChatTemplate.to_jinja` (what vLLM gets for official checkpoints, which name their template in
+    config.json) renders exactly what the template renders, quirks included."""
+    from monovl.processing.chat_template import compile_chat_template
+    from monovl.processing.prompt import get_template
+
+    template = get_template(name)
+    jinja = compile_chat_template(template.to_jinja())
+    conversations = [
+        [{"role": "user", "content": "hi"}],
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 'a "quoted"\nline'},
+         {"role": "assistant", "content": "ok"}, {"role": "user", "content": "再见"}],
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],  # no header after an answer
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": ""}, {"role": "user", "content": "r"}],
+    ]
+    for messages in conversations:
+        for header in (True, False):
+            text = jinja.render(messages=messages, add_generation_prompt=header, bos_token="<s>")
+            expected = template.render_messages(messages, add_generation_prompt=header)
+            assert text == ("<s>" if template.add_bos else "") + expected
+    with pytest.raises(Exception, match="system, user and assistant"):
+        jinja.render(messages=[{"role": "tool", "content": "x"}], add_generation_prompt=True, bos_token="<s>")

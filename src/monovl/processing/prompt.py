@@ -21,6 +21,7 @@ Checkpoints that carry a Hugging Face Jinja template use
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -128,6 +129,35 @@ class ChatTemplate:
         pairs = [(rest[k]["content"], rest[k + 1]["content"]) for k in range(0, len(rest) - 1, 2)]
         question = rest[-1]["content"] if len(rest) % 2 else None
         return self.render(pairs, question, system, add_generation_prompt)
+
+    def to_jinja(self) -> str:
+        """This template as a Hugging Face chat template (jinja), rendering what :meth:`render_messages`
+        renders, with ``{{ bos_token }}`` first where the tokenizer would add BOS (:attr:`add_bos`).
+        For servers that take only jinja (vLLM): official checkpoints name their template
+        (``"template": "internlm2-chat"`` in config.json) and ship none in the tokenizer files."""
+        if self.sep_style is not SeparatorStyle.MPT:
+            raise NotImplementedError(f"separator style {self.sep_style} is not implemented")
+
+        def lit(text: str) -> str:  # a jinja string literal; json's escapes (\n, \") are jinja's too
+            return json.dumps(text, ensure_ascii=False)
+
+        head, tail = self.system_template.split("{system_message}")
+        user, assistant = self.roles
+        return (
+            ("{{ bos_token }}" if self.add_bos else "")
+            + "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+            + "{% set turns = messages[1:] %}{% else %}{% set system = " + lit(self.system_message) + " %}"
+            + "{% set turns = messages %}{% endif %}"
+            + "{{ " + lit(head) + " }}{{ system }}{{ " + lit(tail + self.sep) + " }}"
+            + "{% for m in turns %}{% if m['role'] == 'user' %}{{ " + lit(user) + " }}"
+            + "{% elif m['role'] == 'assistant' %}{{ " + lit(assistant) + " }}"
+            + "{% else %}{{ raise_exception('this template takes system, user and assistant messages') }}{% endif %}"
+            # An empty message renders as the bare role, with no separator (the official MPT quirk).
+            + "{% if m['content'] %}{{ m['content'] }}{{ " + lit(self.sep) + " }}{% endif %}{% endfor %}"
+            # As render(): the assistant header follows a question, never an answer.
+            + "{% if add_generation_prompt and turns and turns[-1]['role'] == 'user' %}{{ " + lit(assistant)
+            + " }}{% endif %}"
+        )
 
     def stop_token_ids(self, tokenizer: _HasTokenToId) -> list[int]:
         """Ids of :attr:`stop_tokens`; [2, 92543, 92542] on the real InternLM2 tokenizer.
