@@ -170,10 +170,16 @@ def test_official_fixture_chat_with_an_image_matches_monovl(official_llm, offici
     assert prompt.count(500) == 7 * 256
     assert list(out.prompt_token_ids) == prompt
     assert list(out.outputs[0].token_ids) == tokens
+    # A per-request tile budget, as monovl's max_tiles: one tile, no thumbnail.
+    one = official_llm.chat(_chat("what is this", url), vllm.SamplingParams(max_tokens=1, temperature=0),
+                            mm_processor_kwargs={"max_dynamic_patch": 1})[0]
+    assert list(one.prompt_token_ids) == MonoProcessor.from_pretrained(official_dir)(
+        "what is this", images=[image], max_tiles=1)["input_ids"][0].tolist()
+    assert one.prompt_token_ids.count(500) == 256
     text = official_llm.chat(_chat("hello there", None),
                              vllm.SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True))[0]
-    assert (list(text.prompt_token_ids), list(text.outputs[0].token_ids)) == _monovl_greedy(official_dir, "hello there",
-                                                                                            None)
+    expected = _monovl_greedy(official_dir, "hello there", None)
+    assert (list(text.prompt_token_ids), list(text.outputs[0].token_ids)) == expected
 
 
 # ----------------------------------------------------------------------------- vllm serve, upcycled v1.5
@@ -217,13 +223,15 @@ def server(upcycled_dir):
            "--max-model-len", "256", "--max-num-batched-tokens", "16", "--max-num-seqs", "4",
            "--kv-cache-memory-bytes", str(128 * 2**20), "--served-model-name", "mono"]
     log = open(upcycled_dir / "serve.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
     import httpx
 
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"vllm serve exited ({proc.returncode}):\n{(upcycled_dir / 'serve.log').read_text()[-4000:]}")
+            tail = (upcycled_dir / "serve.log").read_text()[-4000:]
+            raise RuntimeError(f"vllm serve exited ({proc.returncode}):\n{tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 break

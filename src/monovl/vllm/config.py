@@ -13,6 +13,7 @@ checkpoint (a ViT) is refused with a clear error: serve it with vLLM's own Inter
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -46,7 +47,8 @@ class MonoInternVLChatConfig(PretrainedConfig):
 
     def __init__(self, vision_config: dict | None = None, llm_config: dict | None = None, **kwargs: Any):
         # config.json's own fields; transformers adds loading state (name_or_path, _commit_hash, ...).
-        raw = {k: v for k, v in kwargs.items() if not k.startswith("_") and k not in ("name_or_path", "trust_remote_code")}
+        raw = {k: v for k, v in kwargs.items()
+               if not k.startswith("_") and k not in ("name_or_path", "trust_remote_code")}
         super().__init__(**kwargs)
         if vision_config is None and llm_config is None:
             return  # transformers builds a default instance to diff against on save
@@ -72,31 +74,20 @@ class MonoInternVLChatConfig(PretrainedConfig):
             # max_position_embeddings; vLLM's "dynamic" rope would change it for every length. So up
             # to that bound, the model length vLLM derives from it, the plain rope is exact.
             rope = {"rope_type": "default", "rope_theta": llm.rope_theta}
-        eos = llm_config.get("eos_token_id", llm.eos_token_id)
+        fields = asdict(llm)  # vocab_size, hidden_size, ..., attention_experts, bias, qkv_bias, token ids
+        del fields["rope_theta"], fields["rope_scaling"]
+        # A list of EOS ids (transformers 5 saves) is kept as it is.
+        fields["eos_token_id"] = llm_config.get("eos_token_id", llm.eos_token_id)
         self.text_config = PretrainedConfig(
             model_type="internlm2",
             architectures=["InternLM2VEForCausalLM"],
-            vocab_size=llm.vocab_size,
-            hidden_size=llm.hidden_size,
-            intermediate_size=llm.intermediate_size,
-            num_hidden_layers=llm.num_hidden_layers,
-            num_attention_heads=llm.num_attention_heads,
-            num_key_value_heads=llm.num_key_value_heads,
             # What vLLM sizes the KV cache and picks the attention backend by; the decoder's own
             # head size is hidden_size / num_attention_heads (`real_head_dim`).
             head_dim=attention_head_size(llm.head_dim),
             real_head_dim=llm.head_dim,
-            rms_norm_eps=llm.rms_norm_eps,
             rope_parameters=rope,
-            max_position_embeddings=llm.max_position_embeddings,
-            tie_word_embeddings=llm.tie_word_embeddings,
-            attention_experts=llm.attention_experts,
-            bias=llm.bias,
-            qkv_bias=llm.qkv_bias,
             hidden_act="silu",
-            bos_token_id=llm.bos_token_id,
-            eos_token_id=eos,
-            pad_token_id=llm.pad_token_id,
+            **fields,
         )
         self.tie_word_embeddings = llm.tie_word_embeddings
         for key in ("downsample_ratio", "ps_version", "max_dynamic_patch", "min_dynamic_patch",

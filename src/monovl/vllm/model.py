@@ -237,14 +237,15 @@ class MonoInternVLForVLLM(nn.Module, SupportsMultiModal):
         """pixel_values_flat [tiles, 3, S, S] -> one [tiles_i * num_image_token, H] tensor per image."""
         pixels, tiles = kwargs.get("pixel_values_flat"), kwargs.get("image_num_patches")
         embeds = kwargs.get("image_embeds")
+        dtype = self.mlp1[1].weight.dtype
         if embeds is not None:  # precomputed features (--enable-mm-embeds), one [tokens, H] per image
-            return [e.to(self.mlp1[1].weight.dtype) for e in (embeds if isinstance(embeds, (list, tuple)) else embeds.unbind(0))]
+            items = embeds if isinstance(embeds, (list, tuple)) else embeds.unbind(0)
+            return [e.to(dtype) for e in items]
         if pixels is None:
             return []
         if isinstance(pixels, (list, tuple)):
             pixels = torch.cat(list(pixels))
         tiles = torch.as_tensor(tiles if not isinstance(tiles, (list, tuple)) else [int(t) for t in tiles]).flatten()
-        dtype = self.mlp1[1].weight.dtype
         features = image_features(self.vision_model, self.mlp1, pixels.to(dtype), self.mono)
         return list(features.split([int(t) * self.mono.num_image_token for t in tiles.tolist()]))
 
