@@ -108,7 +108,7 @@ class MonoMultiModalProcessor(BaseMultiModalProcessor[MonoProcessingInfo]):
         images = hf_data.get("images") or []
         if not isinstance(images, (list, tuple)):
             images = [images]
-        t = self.info.tiling(**{k: v for k, v in hf_kwargs.items() if k in _TILING_KWARGS})
+        t = self.info.tiling(**hf_kwargs)
         pixels, tiles = [], []
         for image in images:
             # One image at a time with the whole budget: vLLM hands images over one by one (and caches
@@ -132,15 +132,16 @@ class MonoMultiModalProcessor(BaseMultiModalProcessor[MonoProcessingInfo]):
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
         start, context, end = self.info.token_ids()
         per_tile = self.info.tiling()["num_image_token"]
+        # Only the images vLLM's processor cache has not seen are here (none when every image of the
+        # prompt is cached: their updates come from the cache), so look them up per item, lazily.
         tiles = out_mm_kwargs.get_data().get("image_num_patches")
-        tiles = [] if tiles is None else [int(n) for n in tiles]
-        items = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
 
         def block(item: int) -> PromptUpdateDetails:
+            items = mm_items.get_items("image", (ImageEmbeddingItems, ImageProcessorItems))
             if isinstance(items, ImageEmbeddingItems):
                 tokens = items.get_feature_size(item)
             else:
-                tokens = tiles[item] * per_tile
+                tokens = int(tiles[item]) * per_tile
             ids = [start] + [context] * tokens + [end]
             return PromptUpdateDetails.select_token_id(ids, embed_token_id=context)
 
