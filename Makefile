@@ -27,7 +27,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 
 # vLLM with monovl's Mono-InternVL plugin (monovl/vllm), CPU build, in its own venv: vLLM pins its
-# own transformers and friends. After it, `.venv-vllm/bin/vllm serve DIR` serves a checkpoint.
+# own transformers and friends. After it, `.venv-vllm/bin/vllm serve DIR --dtype float32
+# --kv-cache-memory-bytes 2G` serves a checkpoint (README: Serving with vLLM).
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
