@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_serve.py                      # cpu-420m, concurrency 1, 4, 16
     .venv/bin/python benchmarks/bench_serve.py --quick              # tiny model, a smoke run in seconds
     .venv/bin/python benchmarks/bench_serve.py --json benchmarks/results-serve.json
+    .venv/bin/python benchmarks/bench_serve.py --vllm .venv-vllm/bin/vllm   # the same load on `vllm serve`
 
 The model is a random-weight preset (`cpu-420m`: hidden 1024, 8 layers, 448 px tiles, 256 image
 tokens per tile) with the tiny sentencepiece tokenizer trained locally (nothing is downloaded; the
@@ -17,6 +18,11 @@ answers).
 - Output tokens/s: all generated tokens (from `usage`) over the level's wall time, first request
   sent to last answer done. At concurrency c the server decodes up to c sequences per step, so this
   grows with c until the prompts' prefill, which cannot be batched on a CPU this way, dominates.
+
+`--vllm BIN` serves the same checkpoint (saved to a temp dir with the tokenizer) with `BIN serve` and
+monovl's vLLM plugin instead (`make vllm-env`): fp32, prefill chunks of `--prefill-chunk` tokens, and
+prefix caching off unless `--vllm-prefix-caching` (every request here has the same image, which vLLM
+would then prefill once).
 """
 
 from __future__ import annotations
@@ -26,8 +32,11 @@ import base64
 import io
 import json
 import platform
+import os
+import shutil
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,8 +56,9 @@ from monovl.processing import MonoProcessor, Tokenizer, train_tiny_tokenizer
 from monovl.serve import create_app
 
 
-def build(preset_name: str, max_tiles: int) -> tuple[MonoInternVL, MonoProcessor]:
-    """A random-weight model of the preset and a processor on the tiny tokenizer (same ids as tests)."""
+def build(preset_name: str, max_tiles: int) -> tuple[MonoInternVL, MonoProcessor, Path]:
+    """A random-weight model of the preset, a processor on the tiny tokenizer (same ids as tests), and
+    the tokenizer's directory."""
     model = MonoInternVL(preset(preset_name)).init_weights(generator=torch.Generator().manual_seed(0)).eval()
     tok_dir = Path(tempfile.mkdtemp(prefix="monovl-bench-tok-"))
     train_tiny_tokenizer(tok_dir)
@@ -64,7 +74,7 @@ def build(preset_name: str, max_tiles: int) -> tuple[MonoInternVL, MonoProcessor
     if head.shape[0] > vocab and not model.config.llm.tie_word_embeddings:
         with torch.no_grad():
             head[vocab:] = head[:vocab].repeat(-(-head.shape[0] // vocab) - 1, 1)[:head.shape[0] - vocab]
-    return model, processor
+    return model, processor, tok_dir
 
 
 def image_url(size: int, tiles: int) -> str:
@@ -106,6 +116,38 @@ def level(client, model: str, url: str, concurrency: int, requests: int, new: in
             "ttft_p99_s": p99, "output_tokens": tokens, "wall_s": wall, "output_tokens_per_s": tokens / wall}
 
 
+def start_vllm(binary: str, model: MonoInternVL, tok_dir: Path, name: str, max_num_seqs: int,
+               prefill_chunk: int, prefix_caching: bool) -> tuple[subprocess.Popen, str, Path]:
+    """Save the model with its tokenizer and start `binary serve` on it; (process, base URL, dir)."""
+    root = Path(tempfile.mkdtemp(prefix="monovl-bench-vllm-"))
+    model.save_pretrained(root)
+    for item in tok_dir.iterdir():
+        shutil.copy(item, root / item.name)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [binary, "serve", str(root), "--port", str(port), "--dtype", "float32", "--kv-cache-memory-bytes", "2G",
+           "--max-model-len", "4096", "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
+           "--max-num-batched-tokens", str(prefill_chunk),
+           "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"]
+    log = open(root / "serve.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    deadline = time.time() + 600
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=5)
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{binary} serve exited ({proc.returncode}); log: {root / 'serve.log'}")
+        try:
+            client.models.list()
+            break
+        except openai.APIConnectionError:
+            if time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{binary} serve did not start in 600 s; log: {root / 'serve.log'}")
+            time.sleep(1)
+    return proc, f"http://127.0.0.1:{port}/v1", root
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="cpu-420m")
@@ -117,25 +159,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     p.add_argument("--quick", action="store_true", help="tiny preset, concurrency 1 2 4, 8 new tokens: a smoke run")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--vllm", default=None, metavar="BIN", help="serve with BIN serve (vLLM + monovl's plugin)")
+    p.add_argument("--vllm-prefix-caching", action="store_true", help="with --vllm: leave prefix caching on")
     args = p.parse_args(argv)
     if args.quick:
         args.preset, args.concurrency, args.new, args.requests_per_client = "tiny", [1, 2, 4], 8, 2
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, processor = build(args.preset, max_tiles=max(args.tiles, 1))
-    app = create_app(model, processor, served_model_name=args.preset, max_num_seqs=max(args.concurrency),
-                     prefill_chunk=args.prefill_chunk, max_request_bytes=64 * 1024 * 1024)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="unused",
-                           max_retries=0, timeout=3600)
-    url = image_url(model.config.vision.image_size, args.tiles)
+    model, processor, tok_dir = build(args.preset, max_tiles=max(args.tiles, 1))
+    image_size = model.config.vision.image_size
+    if args.vllm:
+        proc, base_url, vllm_dir = start_vllm(args.vllm, model, tok_dir, args.preset, max(args.concurrency),
+                                             args.prefill_chunk, args.vllm_prefix_caching)
+        del model  # the server process has its own copy
+
+        def stop() -> None:
+            proc.terminate()
+            proc.wait(60)
+            shutil.rmtree(vllm_dir, ignore_errors=True)
+    else:
+        app = create_app(model, processor, served_model_name=args.preset, max_num_seqs=max(args.concurrency),
+                         prefill_chunk=args.prefill_chunk, max_request_bytes=64 * 1024 * 1024)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(60)
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=3600)
+    url = image_url(image_size, args.tiles)
     one_request(client, args.preset, url, 2, "warm-up")  # builds the decode kernels, warms the allocator
     rows = []
     try:
@@ -146,11 +205,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['output_tokens_per_s']:.1f} output tokens/s ({r['output_tokens']} tokens in "
                   f"{r['wall_s']:.1f} s)", flush=True)
     finally:
-        server.should_exit = True
-        thread.join(60)
+        stop()
     prompt = processor("Describe picture 0 in detail.", images=[base64.b64decode(url.split(",", 1)[1])])
-    print(f"\n{args.preset}, prompt {prompt['input_ids'].shape[1]} tokens ({args.tiles} tile(s)), {args.new} new "
-          f"tokens, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}\n")
+    engine = "vllm serve" if args.vllm else "monovl serve"
+    print(f"\n{engine}, {args.preset}, prompt {prompt['input_ids'].shape[1]} tokens ({args.tiles} tile(s)), {args.new} "
+          f"new tokens, {torch.get_num_threads()} torch threads, {platform.processor() or platform.machine()}\n")
     print("| concurrency | requests | TTFT p50 (s) | TTFT p99 (s) | output tokens/s |")
     print("|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -160,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nthroughput at concurrency {rows[-1]['concurrency']} / concurrency {rows[0]['concurrency']}: "
               f"{rows[-1]['output_tokens_per_s'] / rows[0]['output_tokens_per_s']:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"preset": args.preset, "tiles": args.tiles, "new": args.new,
+        args.json.write_text(json.dumps({"engine": engine, "preset": args.preset, "tiles": args.tiles, "new": args.new,
                                          "prompt_tokens": int(prompt["input_ids"].shape[1]),
                                          "threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")
     return 0
