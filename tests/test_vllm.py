@@ -284,12 +284,16 @@ def test_a_modular_internvl_config_is_refused_with_a_clear_error():
         MonoInternVLChatConfig(vision_config={"model_type": "intern_vit_6b"}, llm_config={"hidden_size": 64})
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="tensor parallelism on CPU needs a core per rank")
+_CORES = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+@pytest.mark.skipif(len(_CORES) < 2, reason="tensor parallelism on CPU needs a core per rank")
 def test_tensor_parallel_2_on_cpu_matches_monovl(upcycled_dir, monkeypatch):
     """--tensor-parallel-size 2 on CPU (two worker processes, gloo): the v1.5 model's sharded wqkv/wqkv_ve
     (packed InternLM2 rows, qkv bias), sharded FFNs and vocabulary give monovl's answer to an image chat."""
     # vLLM binds each CPU worker's threads to a NUMA node; with one node, name a core per rank.
-    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "0|1"))
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND",
+                       os.environ.get("VLLM_CPU_OMP_THREADS_BIND", f"{_CORES[0]}|{_CORES[1]}"))
     image, url = _image(2, (100, 70))
     llm = vllm.LLM(str(upcycled_dir), dtype="float32", tensor_parallel_size=2, max_model_len=256,
                    max_num_batched_tokens=16, max_num_seqs=2, enforce_eager=True, kv_cache_memory_bytes=64 * 2**20,
