@@ -90,11 +90,6 @@ class MonoInternVLChatConfig(PretrainedConfig):
             **fields,
         )
         self.tie_word_embeddings = llm.tie_word_embeddings
-        for key in ("downsample_ratio", "ps_version", "max_dynamic_patch", "min_dynamic_patch",
-                    "use_thumbnail", "dynamic_image_size", "template"):
-            setattr(self, key, getattr(mono, key))
-        self.force_image_size = mono.vision.image_size
-        self.num_image_token = mono.num_image_token
 
     @property
     def mono(self) -> MonoConfig:

@@ -38,6 +38,7 @@ from vllm.multimodal.processing import (
 )
 
 from monovl.processing.image import check_tile_budget, preprocess_images
+from monovl.processing.processor import vision_settings_from_config
 from monovl.processing.prompt import IMAGE_PLACEHOLDER
 from monovl.processing.tokenizer import IMG_CONTEXT, IMG_END, IMG_START
 
@@ -55,23 +56,24 @@ class MonoProcessingInfo(BaseProcessingInfo):
         return {}
 
     def tiling(self, **overrides: object) -> dict[str, Any]:
-        """image_size, num_image_token, min_num, max_num, use_thumbnail for this request."""
-        config = self.get_hf_config()
+        """image_size, num_image_token, min_num, max_num, use_thumbnail for this request: config.json's,
+        read as `MonoProcessor` reads them, with the request's overrides."""
+        settings = vision_settings_from_config(self.get_hf_config().mono_config)
         merged = self.ctx.get_merged_mm_kwargs(overrides)
         unknown = sorted(set(merged) - set(_TILING_KWARGS))
         if unknown:
             raise ValueError(f"unknown mm_processor_kwargs {unknown}; Mono-InternVL accepts {list(_TILING_KWARGS)}")
-        max_num = int(merged.get("max_dynamic_patch", config.max_dynamic_patch if config.dynamic_image_size else 1))
+        max_num = int(merged.get("max_dynamic_patch", settings["max_num"]))
         check_tile_budget(max_num, "max_dynamic_patch")
-        min_num = int(merged.get("min_dynamic_patch", config.min_dynamic_patch))
+        min_num = int(merged.get("min_dynamic_patch", settings["min_num"]))
         if not 1 <= min_num:
             raise ValueError(f"min_dynamic_patch must be >= 1, got {min_num}")
         return {
-            "image_size": int(config.force_image_size),
-            "num_image_token": int(config.num_image_token),
+            "image_size": settings["image_size"],
+            "num_image_token": settings["num_image_token"],
             "min_num": min(min_num, max_num),
             "max_num": max_num,
-            "use_thumbnail": bool(merged.get("use_thumbnail", config.use_thumbnail)),
+            "use_thumbnail": bool(merged.get("use_thumbnail", settings["use_thumbnail"])),
         }
 
     def token_ids(self) -> tuple[int, int, int]:
