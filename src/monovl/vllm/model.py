@@ -245,17 +245,18 @@ class MonoInternVLForVLLM(nn.Module, SupportsMultiModal):
             return []
         if isinstance(pixels, (list, tuple)):
             pixels = torch.cat(list(pixels))
-        tiles = torch.as_tensor(tiles if not isinstance(tiles, (list, tuple)) else [int(t) for t in tiles]).flatten()
         features = image_features(self.vision_model, self.mlp1, pixels.to(dtype), self.mono)
-        return list(features.split([int(t) * self.mono.num_image_token for t in tiles.tolist()]))
+        # `tiles`: a [images] tensor or a list of one-element tensors, as vLLM batched the field.
+        return list(features.split([int(t) * self.mono.num_image_token for t in tiles]))
 
     def embed_input_ids(self, input_ids: torch.Tensor, multimodal_embeddings=None, *,
                         is_multimodal: torch.Tensor | None = None) -> torch.Tensor:
         n = input_ids.shape[0]
-        self.image_mask.zero_()
         self.has_image_tokens = False
         if multimodal_embeddings is not None and len(multimodal_embeddings) and is_multimodal is not None:
             mask = is_multimodal.to(self.image_mask.device, non_blocking=True)
+            # Zeroed past n too: forward may see more tokens than were scheduled (padding).
+            self.image_mask.zero_()
             self.image_mask[:n].copy_(mask)
             # On the host, outside any captured graph: a step with no image tokens (every decode step)
             # then runs the text path with no gather, the one a CUDA graph captures.
