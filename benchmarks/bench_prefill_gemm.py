@@ -12,24 +12,13 @@ not use the packed path yet; this measures what it would gain.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 import torch.nn.functional as F
+from bench_decode_rows import median_ms  # the benchmarks' one timer (run from the repo root as a script)
 
 SHAPES = [  # (tokens, in, out): cpu-420m wqkv / w1 / w2 at a 360-token prompt, 2B w1 at 768 tokens
     (360, 1024, 3072), (360, 1024, 4096), (360, 4096, 1024), (768, 2048, 8192)]
-
-
-def median_ms(fn, repeats: int = 15) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2] * 1e3
 
 
 def main() -> None:
@@ -48,8 +37,8 @@ def main() -> None:
         ref = F.linear(x, w)
         out = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
         diff = (out - ref).abs().max().item()
-        a = median_ms(lambda: F.linear(x, w))
-        b = median_ms(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""))
+        a = median_ms(lambda: F.linear(x, w), 15)
+        b = median_ms(lambda: torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""), 15)
         gflop = 2 * m * k * n / 1e9
         print(f"| {m} x {k} -> {n} | {a:.1f} | {gflop / a * 1e3:.0f} | {b:.1f} | {gflop / b * 1e3:.0f} | "
               f"{a / b:.2f}x | {diff:.1e} |")

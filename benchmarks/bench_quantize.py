@@ -24,17 +24,8 @@ from monovl import MonoInternVL
 from monovl.checkpoint.upcycle import upcycle
 from monovl.demo.evaluate import generate_answers
 from monovl.demo.world import heldout_english_text, language_prompts
-from monovl.eval.language import perplexity
+from monovl.eval.language import common_prefix, perplexity
 from monovl.processing import MonoProcessor
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def main() -> None:

@@ -99,7 +99,8 @@ def mmlu_prompt(question: str, options: Mapping[str, str], subject: str | None =
     return text + "Answer:"
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading items `a` and `b` share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -137,7 +138,7 @@ def _split_tokens(encode: Callable[[str], list[int]], context: str, continuation
     """
     ctx = encode(context)
     full = encode(context + continuation)
-    cut = min(_common_prefix(ctx, full), len(full) - 1)
+    cut = min(common_prefix(ctx, full), len(full) - 1)
     return full[:cut], full[cut:]
 
 
