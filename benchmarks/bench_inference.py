@@ -12,8 +12,10 @@ Targets (issue 2):
   (patch embedding, mlp1, one expert per token, causal attention, the head for the last position);
 - decode >= 80% of the memory-bandwidth bound, the time to read the decode weights once per token.
 
-Rows: the default engine (native decode kernels where they build), the same step on PyTorch
-kernels, decode through `LanguageModel.forward` (`cpu_decode=False`), a published-style row, and
+Rows: the default engine (native decode kernels where they build; prefill GEMMs on weights packed
+for oneDNN, `engine/packed_linear.py`), the same step on PyTorch kernels, decode through
+`LanguageModel.forward` (`cpu_decode=False`), prefill on plain `F.linear` (`packed_prefill=False`),
+a published-style row, and
 last the model quantized to weight-only int8 (`quantize="int8"`, monovl.model.quantize), whose
 decode bound counts the int8 bytes it reads.
 Each row's TTFT and decode are medians over `--reps` generations. The machine's limits are probed
@@ -142,10 +144,10 @@ def measure_decode_matmuls(model: MonoInternVL, reps: int = 10) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def run(model, ids, tiles, n_new, reps, cpu_decode=None, kernels=None):
+def run(model, ids, tiles, n_new, reps, **engine_args):
     """Median time to first token and median decode seconds per token over `reps` generations of
-    n_new + 1 tokens, after one warm-up."""
-    engine = Engine(model, cpu_decode=cpu_decode, kernels=kernels)
+    n_new + 1 tokens, after one warm-up (which also packs the prefill weights)."""
+    engine = Engine(model, **engine_args)
     next(iter(engine.stream(ids, tiles, max_new_tokens=2)))
     ttfts, per_token = [], []
     for _ in range(reps):
@@ -198,9 +200,11 @@ def main() -> None:
     # (row, Engine arguments, emulate the published routing)
     configs = [(f"monovl ({CPUDecoder(model).kernels.name} kernels)", {}, False),
                ("monovl (PyTorch kernels)", {"kernels": TorchKernels()}, False),
-               ("monovl, cpu_decode=False", {"cpu_decode": False}, False)]
+               ("monovl, cpu_decode=False", {"cpu_decode": False}, False),
+               ("monovl, F.linear prefill", {"packed_prefill": False}, False)]
     if not args.skip_baseline:
-        configs.append(("published-style (emulated)", {"cpu_decode": False}, True))
+        # The official code runs transformers modules: F.linear on plain weights, no fused decode.
+        configs.append(("published-style (emulated)", {"cpu_decode": False, "packed_prefill": False}, True))
     rows = {}
     with torch.inference_mode():
         for name, kwargs, published in configs:

@@ -18,6 +18,7 @@ from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL, positions_from_mask
 from .cpu_decode import CPUDecoder, available as cpu_decode_available
 from .decode_kernels import NativeKernels, TorchKernels
+from .packed_linear import PackedLinears, prefill_mode
 
 
 @dataclass
@@ -111,15 +112,23 @@ class Engine:
     `cpu_decode` (default: on for an fp32 model on CPU) runs decode steps through
     `cpu_decode.CPUDecoder`: the text path on fused kernels, `kernels` (default: the compiled ones
     when they build, else PyTorch ops; see `decode_kernels`). Off, decode steps go through
-    `LanguageModel.forward` like prefill."""
+    `LanguageModel.forward` like prefill.
+
+    `packed_prefill` (default: on for an fp32 model on CPU) runs the prefill's decoder GEMMs on
+    weights packed once for oneDNN (`packed_linear.PackedLinears`: 1.2-2.5x faster GEMMs, the same
+    sums to fp32 rounding, one more copy of the decoder's weights in memory)."""
 
     def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None,
-                 kernels: NativeKernels | TorchKernels | None = None):
+                 kernels: NativeKernels | TorchKernels | None = None, packed_prefill: bool | None = None):
         self.model = model
         if cpu_decode and not cpu_decode_available(model):
             raise ValueError(f"cpu_decode needs an fp32 model on CPU, got {model.dtype} on {model.device}")
+        if packed_prefill and not PackedLinears.supported(model):
+            raise ValueError(f"packed_prefill needs an fp32 model on CPU with oneDNN, got {model.dtype} on "
+                             f"{model.device}")
         self.cpu_decode = cpu_decode
         self.kernels = kernels
+        self.packed_prefill = packed_prefill
 
     def _generator(self, p: SamplingParams) -> torch.Generator | None:
         if not p.do_sample:
@@ -162,8 +171,9 @@ class Engine:
         stop = torch.tensor(list(stop_token_ids), dtype=torch.long, device=device)
         done = torch.zeros(b, dtype=torch.bool, device=device)
 
-        logits = model(input_ids, pixel_values, image_token_id, attention_mask=attention_mask,
-                       cache=cache, logits_to_keep=1).logits[:, -1]
+        with prefill_mode(model, self.packed_prefill):
+            logits = model(input_ids, pixel_values, image_token_id, attention_mask=attention_mask,
+                           cache=cache, logits_to_keep=1).logits[:, -1]
         if attention_mask is None:
             positions = torch.full((b, 1), t, dtype=torch.long, device=device)
         else:

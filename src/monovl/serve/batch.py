@@ -23,6 +23,7 @@ import torch
 
 from ..engine.cpu_decode import CPUDecoder, available as cpu_decode_available
 from ..engine.decode_kernels import NativeKernels, TorchKernels
+from ..engine.packed_linear import prefill_mode
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL
 from ..model.vision import image_features
@@ -122,7 +123,8 @@ class ChunkedPrefill:
         else:
             visual_mask = None
         positions = torch.arange(s, e, device=ids.device)[None]
-        logits = model.language_model(embeds[None], positions, visual_mask, None, self.cache, logits_to_keep=1)
+        with prefill_mode(model):  # the engine's prefill GEMMs (packed for oneDNN on an fp32 CPU model)
+            logits = model.language_model(embeds[None], positions, visual_mask, None, self.cache, logits_to_keep=1)
         self.pos = e
         return logits[:, -1] if self.done else None
 

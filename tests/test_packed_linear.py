@@ -1,0 +1,108 @@
+"""Prefill GEMMs on oneDNN-packed weights: same results, taken only where they apply, never stale."""
+
+import contextlib
+
+import pytest
+import torch
+
+from monovl.engine import Engine
+from monovl.engine.packed_linear import PackedLinears, prefill_mode
+from tiny import image_prompt, random_tiles, tiny_model
+
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["v1", "v1.5"])
+def model(request):
+    return tiny_model(seed=5, attention_experts=request.param)
+
+
+class Spy(PackedLinears):
+    """Counts the F.linear calls that went to the packed kernel."""
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.hits = 0
+
+    def packed_weight(self, weight):
+        w = super().packed_weight(weight)
+        self.hits += w is not None
+        return w
+
+
+def prompt():
+    return torch.tensor([image_prompt([5, 6, 7], tiles=2, suffix=list(range(8, 30)))]), random_tiles(2)
+
+
+@torch.inference_mode()
+def test_packed_forward_matches_plain_forward(model):
+    ids, tiles = prompt()
+    ref = model(ids, tiles).logits
+    spy = Spy(model)
+    with spy:
+        out = model(ids, tiles).logits
+    # Every decoder linear (text and visual experts) and the head take the packed kernel.
+    assert spy.hits >= model.config.llm.num_hidden_layers * 4
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.inference_mode()
+def test_few_rows_and_modules_outside_the_decoder_stay_on_f_linear(model):
+    spy = Spy(model, min_rows=10_000)
+    ids, tiles = prompt()
+    with spy:
+        model(ids, tiles)
+    assert spy.hits == 0
+    # mlp1 is not packed: its weights are not in the table
+    assert all(spy.packed_weight(p) is None for p in model.mlp1.parameters())
+
+
+def test_training_forward_keeps_its_gradients(model):
+    ids, tiles = prompt()
+    weight = model.language_model.model.layers[0].feed_forward_ve.w1.weight
+
+    def grad(context):
+        weight.requires_grad_(True)
+        try:
+            with context:
+                model(ids, tiles).logits.square().mean().backward()
+            return weight.grad.clone()
+        finally:
+            weight.requires_grad_(False)
+            weight.grad = None
+
+    # The packed kernel has no autograd: a forward that needs gradients must not take it for this
+    # weight, or the gradient would be missing.
+    torch.testing.assert_close(grad(Spy(model)), grad(contextlib.nullcontext()), atol=1e-6, rtol=1e-5)
+
+
+def test_a_weight_changed_in_place_is_packed_again():
+    model = tiny_model(seed=6)
+    ids, tiles = prompt()
+    packer = PackedLinears(model)
+    w = model.language_model.model.layers[0].feed_forward.w2.weight
+    stale = packer.packed_weight(w)
+    with torch.no_grad():
+        w.mul_(2.0)  # a training step or load_state_dict writes in place
+    assert packer.packed_weight(w) is not stale
+    with torch.inference_mode():
+        ref = model(ids, tiles).logits
+        with packer:
+            out = model(ids, tiles).logits
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_engine_tokens_are_the_same_with_and_without_packing(model):
+    ids, tiles = prompt()
+    plain = Engine(model, packed_prefill=False).generate(ids, tiles, max_new_tokens=8)
+    packed = Engine(model, packed_prefill=True).generate(ids, tiles, max_new_tokens=8)
+    assert packed.tolist() == plain.tolist()
+
+
+def test_packing_refuses_a_bf16_model():
+    model = tiny_model(seed=6).to(torch.bfloat16)
+    with pytest.raises(ValueError, match="fp32 model on CPU"):
+        Engine(model, packed_prefill=True)
+    with pytest.raises(ValueError, match="fp32 model on CPU"):
+        prefill_mode(model, True)
+    assert isinstance(prefill_mode(model), contextlib.nullcontext)  # the default quietly does nothing
