@@ -114,7 +114,7 @@ class Engine:
     when they build, else PyTorch ops; see `decode_kernels`). Off, decode steps go through
     `LanguageModel.forward` like prefill.
 
-    `packed_prefill` (default: on for an fp32 model on CPU) runs the prefill's decoder GEMMs on
+    `packed_prefill` (default: on for an fp32 model on CPU) runs the prefill's decoder and `mlp1` GEMMs on
     weights packed once for oneDNN (`packed_linear.PackedLinears`: 1.2-2.5x faster GEMMs, the same
     sums to fp32 rounding, one more copy of the decoder's weights in memory)."""
 

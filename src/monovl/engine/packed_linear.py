@@ -7,10 +7,10 @@ vLLM's CPU backend use: `torch.ops.mkldnn._reorder_linear_weight` lays a weight 
 against 86-187 for `F.linear` on the 2-core dev CPU (`benchmarks/bench_prefill_gemm.py`), and the
 results agree to fp32 rounding (max |diff| <= 6e-6 there): the sums are the same, in another order.
 
-`PackedLinears(model)` packs the weight of every `nn.Linear` under the model's language model (the
-decoder's text and visual experts and the head) and, used as a context manager, sends the
-`F.linear` calls of those weights with at least `min_rows` rows to the packed kernel; everything
-else (decode steps, the patch embedding, `mlp1`) runs as before. The model is not modified: the
+`PackedLinears(model)` packs the weight of every `nn.Linear` of the decoder (text and visual
+experts), the head and `mlp1`, and, used as a context manager, sends the `F.linear` calls of those
+weights with at least `min_rows` rows to the packed kernel; everything else (decode steps, the
+patch embedding's convolution) runs as before. The model is not modified: the
 dispatch is a `TorchFunctionMode` active only inside the `with` block, so the state dict, training
 and the decode kernels see the same parameters. Memory: one more copy of the decoder's weights.
 A weight changed in place after packing (a training step, `load_state_dict`) is packed again on its
@@ -48,7 +48,7 @@ class PackedLinears(TorchFunctionMode):
         self.min_rows = min_rows
         # id(weight) -> (weight, its stamp when packed, packed copy); a tied head packs once
         self._packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
-        for module in model.language_model.modules():
+        for module in [*model.language_model.modules(), *model.mlp1.modules()]:
             if isinstance(module, nn.Linear):
                 self._pack(module.weight)
 
