@@ -106,3 +106,24 @@ def test_packing_refuses_a_bf16_model():
     with pytest.raises(ValueError, match="fp32 model on CPU"):
         prefill_mode(model, True)
     assert isinstance(prefill_mode(model), contextlib.nullcontext)  # the default quietly does nothing
+
+
+def test_the_modular_baseline_packs_its_own_linears_too():
+    """`monovl bench speed --modular-baseline` runs a ViT + projector in front of the same LLM through
+    the engine: its products are packed alike, so the comparison stays even."""
+    from monovl.eval.modular import EncoderConfig, ModularBaseline
+
+    mono = tiny_model(seed=7)
+    modular = ModularBaseline(mono, EncoderConfig(image_size=56, patch_size=14, hidden_size=32, num_layers=2,
+                                                  num_heads=2, mlp_size=64)).eval()
+    ids, tiles = prompt()
+    spy = Spy(modular)
+    assert spy.packed_weight(modular.projector[1].weight) is not None
+    with torch.inference_mode():
+        ref = modular(ids, tiles).logits
+        with spy:
+            out = modular(ids, tiles).logits
+    assert spy.hits >= mono.config.llm.num_hidden_layers * 4 + 2
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    plain = Engine(modular, packed_prefill=False).generate(ids, tiles, max_new_tokens=6)
+    assert Engine(modular).generate(ids, tiles, max_new_tokens=6).tolist() == plain.tolist()

@@ -7,8 +7,8 @@ vLLM's CPU backend use: `torch.ops.mkldnn._reorder_linear_weight` lays a weight 
 against 86-187 for `F.linear` on the 2-core dev CPU (`benchmarks/bench_prefill_gemm.py`), and the
 results agree to fp32 rounding (max |diff| <= 6e-6 there): the sums are the same, in another order.
 
-`PackedLinears(model)` packs the weight of every `nn.Linear` of the decoder (text and visual
-experts), the head and `mlp1`, and, used as a context manager, sends the `F.linear` calls of those
+`PackedLinears(model)` packs the weight of every `nn.Linear` of the model (for `MonoInternVL`: the
+decoder's text and visual experts, the head and `mlp1`), and, used as a context manager, sends the `F.linear` calls of those
 weights with at least `min_rows` rows to the packed kernel; everything else (decode steps, the
 patch embedding's convolution) runs as before. The model is not modified: the
 dispatch is a `TorchFunctionMode` active only inside the `with` block, so the state dict, training
@@ -48,7 +48,7 @@ class PackedLinears(TorchFunctionMode):
         self.min_rows = min_rows
         # id(weight) -> (weight, its stamp when packed, packed copy); a tied head packs once
         self._packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
-        for module in [*model.language_model.modules(), *model.mlp1.modules()]:
+        for module in model.modules():
             if isinstance(module, nn.Linear):
                 self._pack(module.weight)
 
