@@ -47,7 +47,7 @@ class PackedLinears(TorchFunctionMode):
             raise ValueError("packed linears need an fp32 model on CPU and PyTorch built with oneDNN (mkldnn)")
         self.min_rows = min_rows
         # id(weight) -> (weight, its stamp when packed, packed copy); a tied head packs once
-        self._packed: dict[int, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._packed: dict[int, tuple[torch.Tensor, tuple, torch.Tensor]] = {}
         for module in model.modules():
             if isinstance(module, nn.Linear):
                 self._pack(module.weight)
