@@ -90,9 +90,8 @@ class ModularBaseline(nn.Module):
                              f"{mono.num_image_token}: use the model's image_size and patch_size")
         self.mono = mono
         self.encoder = VisionEncoder(cfg).to(mono.device, mono.dtype)
-        scale = mono.config.downsample_ratio
-        self.projector = Projector(int(cfg.hidden_size / scale**2), mono.config.llm.hidden_size).to(mono.device,
-                                                                                                   mono.dtype)
+        self.projector = Projector.after_pixel_shuffle(cfg.hidden_size, mono.config.downsample_ratio,
+                                                       mono.config.llm.hidden_size).to(mono.device, mono.dtype)
 
     # What the engine reads from a model.
     config = property(lambda self: self.mono.config)

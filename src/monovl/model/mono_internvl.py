@@ -59,8 +59,7 @@ class MonoInternVL(nn.Module):
         self.config = config
         v, llm = config.vision, config.llm
         self.vision_model = VisionModel(v)
-        ps_channels = int(v.hidden_size / config.downsample_ratio**2)
-        self.mlp1 = Projector(ps_channels, llm.hidden_size)
+        self.mlp1 = Projector.after_pixel_shuffle(v.hidden_size, config.downsample_ratio, llm.hidden_size)
         self.language_model = LanguageModel(llm)
         # `<IMG_CONTEXT>` id; set from the checkpoint's tokenizer by from_pretrained.
         self.image_token_id: int | None = None

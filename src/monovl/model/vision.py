@@ -81,6 +81,12 @@ class Projector(nn.Sequential):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
+    @classmethod
+    def after_pixel_shuffle(cls, channels: int, downsample_ratio: float, out_dim: int) -> "Projector":
+        """The projector for `channels`-wide patch features merged by `pixel_shuffle(scale=downsample_ratio)`,
+        which makes them channels / downsample_ratio^2 wide (4x at the usual 0.5)."""
+        return cls(int(channels / downsample_ratio**2), out_dim)
+
 
 def image_features(vision_model: VisionModel, mlp1: Projector, pixel_values: torch.Tensor, cfg: MonoConfig) -> torch.Tensor:
     """Tiles [T, 3, S, S] -> LLM embeddings [T * num_image_token, H], tiles in order, tokens row-major."""

@@ -220,8 +220,8 @@ class MonoInternVLForVLLM(nn.Module, SupportsMultiModal):
         self.mono = config.mono
         with self._mark_tower_model(vllm_config, "image"):
             self.vision_model = VisionModel(self.mono.vision)
-            scale = round(1 / self.mono.downsample_ratio)
-            self.mlp1 = Projector(self.mono.vision.hidden_size * scale**2, self.mono.llm.hidden_size)
+            self.mlp1 = Projector.after_pixel_shuffle(self.mono.vision.hidden_size, self.mono.downsample_ratio,
+                                                      self.mono.llm.hidden_size)
         with self._mark_language_model(vllm_config):
             self.language_model = MonoLanguageModel(vllm_config=vllm_config,
                                                     prefix=maybe_prefix(prefix, "language_model"))
