@@ -32,7 +32,6 @@ import base64
 import io
 import json
 import platform
-import os
 import shutil
 import socket
 import statistics
@@ -131,7 +130,7 @@ def start_vllm(binary: str, model: MonoInternVL, tok_dir: Path, name: str, max_n
            "--max-num-batched-tokens", str(prefill_chunk),
            "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"]
     log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 600
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=5)
     while True:

@@ -123,9 +123,8 @@ class Engine:
         self.model = model
         if cpu_decode and not cpu_decode_available(model):
             raise ValueError(f"cpu_decode needs an fp32 model on CPU, got {model.dtype} on {model.device}")
-        if packed_prefill and not PackedLinears.supported(model):
-            raise ValueError(f"packed_prefill needs an fp32 model on CPU with oneDNN, got {model.dtype} on "
-                             f"{model.device}")
+        if packed_prefill:
+            PackedLinears.require(model)
         self.cpu_decode = cpu_decode
         self.kernels = kernels
         self.packed_prefill = packed_prefill

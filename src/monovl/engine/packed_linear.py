@@ -43,8 +43,7 @@ class PackedLinears(TorchFunctionMode):
 
     def __init__(self, model: nn.Module, min_rows: int = MIN_ROWS):
         super().__init__()
-        if not self.supported(model):
-            raise ValueError("packed linears need an fp32 model on CPU and PyTorch built with oneDNN (mkldnn)")
+        self.require(model)
         self.min_rows = min_rows
         # id(weight) -> (weight, its stamp when packed, packed copy); a tied head packs once
         self._packed: dict[int, tuple[torch.Tensor, tuple, torch.Tensor]] = {}
@@ -57,6 +56,14 @@ class PackedLinears(TorchFunctionMode):
         p = next(model.parameters())
         return (p.device.type == "cpu" and p.dtype == torch.float32 and torch.backends.mkldnn.is_available()
                 and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+    @classmethod
+    def require(cls, model: nn.Module) -> None:
+        """ValueError, saying what the model is, unless `supported(model)`."""
+        if not cls.supported(model):
+            p = next(model.parameters())
+            raise ValueError(f"packed prefill needs an fp32 model on CPU and PyTorch built with oneDNN (mkldnn), "
+                             f"got {p.dtype} on {p.device}")
 
     def _pack(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -101,9 +108,9 @@ def prefill_mode(model: nn.Module, enabled: bool | None = None) -> contextlib.Ab
     no-op. Raises ValueError for `enabled=True` on a model that cannot be packed."""
     if enabled is False:
         return contextlib.nullcontext()
-    if not PackedLinears.supported(model):  # checked per call: the model may have moved since
+    if not PackedLinears.supported(model):  # checked per call: the model may have moved since it was packed
         if enabled:
-            raise ValueError("packed prefill needs an fp32 model on CPU and PyTorch built with oneDNN (mkldnn)")
+            PackedLinears.require(model)  # raises, saying what the model is
         return contextlib.nullcontext()
     packer = _PACKERS.get(model)
     if packer is None:
