@@ -99,6 +99,11 @@ def main() -> None:
     ap.add_argument("--by-color", action="store_true",
                     help="with --scene single or demo: also score the final model on new images of all 24 colour-shape "
                          "pairs (2 x --eval-per-task per task) and break each task down by the object's colour")
+    ap.add_argument("--trainable", default=None,
+                    help="comma-separated globs replacing the stage preset's trainable parameters "
+                         "(e.g. 'vision_model.*,mlp1.*': the patch embedding and mlp1 only)")
+    ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
+    ap.add_argument("--beta2", type=float, default=TrainConfig.betas[1], help="AdamW's second-moment decay")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
     if args.questions is None:
@@ -159,10 +164,13 @@ def main() -> None:
     # The default demo's s1.3 trains what s1.1 trains (LLM frozen): StagePlan.params_of.
     params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None
     trainable = list(get_stage(params_of, "v1.5" if args.attention_experts else "v1").trainable) if params_of else None
+    if args.trainable:
+        trainable = args.trainable.split(",")
     cfg = TrainConfig(stage=args.stage, model=str(base), data=str(data), out=str(run), trainable=trainable,
                       max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                       lr_scale=parse_scales(args.lr_scale), warmup_steps=args.warmup_steps, max_length=512,
-                      max_tiles=1, save_every=args.eval_every, diag_every=args.eval_every, seed=0)
+                      max_tiles=1, save_every=args.eval_every, diag_every=args.eval_every, seed=0,
+                      weight_decay=args.weight_decay, betas=(TrainConfig.betas[0], args.beta2))
     t_train = time.perf_counter()
     final = Trainer(cfg).train()
     train_s = time.perf_counter() - t_train

@@ -53,6 +53,7 @@ from monovl import MonoInternVL
 from monovl.model.config import preset
 from monovl.processing import MonoProcessor, Tokenizer, train_tiny_tokenizer
 from monovl.serve import create_app
+from monovl.vllm import start_server, stop_server
 
 
 def build(preset_name: str, max_tiles: int) -> tuple[MonoInternVL, MonoProcessor, Path]:
@@ -122,29 +123,12 @@ def start_vllm(binary: str, model: MonoInternVL, tok_dir: Path, name: str, max_n
     model.save_pretrained(root)
     for item in tok_dir.iterdir():
         shutil.copy(item, root / item.name)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [binary, "serve", str(root), "--port", str(port), "--dtype", "float32", "--kv-cache-memory-bytes", "2G",
-           "--max-model-len", "4096", "--max-num-seqs", str(max_num_seqs), "--served-model-name", name,
-           "--max-num-batched-tokens", str(prefill_chunk),
-           "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"]
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=5)
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{binary} serve exited ({proc.returncode}); log: {root / 'serve.log'}")
-        try:
-            client.models.list()
-            break
-        except openai.APIConnectionError:
-            if time.time() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{binary} serve did not start in 600 s; log: {root / 'serve.log'}")
-            time.sleep(1)
-    return proc, f"http://127.0.0.1:{port}/v1", root
+    proc, url = start_server(binary, root, [
+        "--dtype", "float32", "--kv-cache-memory-bytes", "2G", "--max-model-len", "4096",
+        "--max-num-seqs", str(max_num_seqs), "--served-model-name", name, "--max-num-batched-tokens",
+        str(prefill_chunk), "--enable-prefix-caching" if prefix_caching else "--no-enable-prefix-caching"],
+        root / "serve.log")
+    return proc, url, root
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         del model  # the server process has its own copy
 
         def stop() -> None:
-            proc.terminate()
-            proc.wait(60)
+            stop_server(proc)
             shutil.rmtree(vllm_dir, ignore_errors=True)
     else:
         app = create_app(model, processor, served_model_name=args.preset, max_num_seqs=max(args.concurrency),

@@ -19,10 +19,7 @@ import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -191,12 +188,6 @@ def test_official_fixture_chat_with_an_image_matches_monovl(official_llm, offici
 
 
 # ----------------------------------------------------------------------------- vllm serve, upcycled v1.5
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def upcycled_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2 (qkv bias, tied head, ChatML jinja template) upcycled to v1.5 at 56 px tiles."""
@@ -225,37 +216,17 @@ def upcycled_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(upcycled_dir):
     """`vllm serve` as a user runs it, with chunks of 16 tokens (an image here is 4 tokens per tile)."""
-    port = _free_port()
-    exe = Path(sys.executable).parent / "vllm"
-    cmd = [str(exe), "serve", str(upcycled_dir), "--port", str(port), "--dtype", "float32", "--enforce-eager",
-           "--max-model-len", "256", "--max-num-batched-tokens", "16", "--max-num-seqs", "4",
-           "--kv-cache-memory-bytes", str(128 * 2**20), "--served-model-name", "mono"]
-    log = open(upcycled_dir / "serve.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
-    import httpx
+    from monovl.vllm import start_server, stop_server
 
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            tail = (upcycled_dir / "serve.log").read_text()[-4000:]
-            raise RuntimeError(f"vllm serve exited ({proc.returncode}):\n{tail}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        proc.kill()
-        raise RuntimeError("vllm serve did not become healthy in 300 s")
-    yield f"http://127.0.0.1:{port}/v1"
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    exe = Path(sys.executable).parent / "vllm"
+    proc, url = start_server(exe, upcycled_dir, ["--dtype", "float32", "--enforce-eager", "--max-model-len", "256",
+                                                 "--max-num-batched-tokens", "16", "--max-num-seqs", "4",
+                                                 "--kv-cache-memory-bytes", str(128 * 2**20),
+                                                 "--served-model-name", "mono"],
+                             upcycled_dir / "serve.log", timeout=300,
+                             env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
+    yield url
+    stop_server(proc, timeout=30)
 
 
 @pytest.mark.parametrize("with_image", [True, False])

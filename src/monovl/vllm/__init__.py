@@ -24,7 +24,13 @@ Nothing here is imported by the rest of monovl; it needs vLLM (`make vllm-env`).
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 ARCHITECTURE = "MonoInternVLChatModel"
@@ -67,3 +73,46 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "monovl.vllm.model:MonoInternVLForVLLM")
         register_chat_template_fallback_path("internvl_chat", named_chat_template)
+
+
+def start_server(binary: str | os.PathLike, model_dir: str | os.PathLike, args: list[str], log_path: str | os.PathLike,
+                 timeout: float = 600.0, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    """Run `binary serve model_dir --port P *args` on a free local port, its output in `log_path`, and
+    wait until `/health` answers 200; returns (process, base URL of the OpenAI API, ".../v1").
+
+    Raises RuntimeError, with the end of the log, if the server exits first or is not healthy within
+    `timeout` seconds (the process is then killed). `env` replaces the environment (default: inherited).
+    Used by the vLLM tests and `benchmarks/bench_serve.py --vllm`; stop it with `stop_server`."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log_path = Path(log_path)
+    cmd = [str(binary), "serve", str(model_dir), "--port", str(port), *args]
+    with open(log_path, "w") as log:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{binary} serve exited ({proc.returncode}); end of {log_path}:\n"
+                               f"{log_path.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, f"http://127.0.0.1:{port}/v1"
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{binary} serve was not healthy after {timeout:.0f} s; end of {log_path}:\n"
+                               f"{log_path.read_text()[-4000:]}")
+        time.sleep(1)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Terminate a server from `start_server`, killing it if it has not exited after `timeout` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
