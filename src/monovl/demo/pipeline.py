@@ -95,7 +95,7 @@ class DemoPlan:
         "s1.2": StagePlan(steps=3, lr=2e-4, warmup_steps=1, lr_scale=dict(SINGLE_NEW_PARAMS_LR)),
         "s1.3a": StagePlan(steps=80, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
                            params_of="s1.1", preset="s1.3", tasks=("shape",), questions=1),
-        "s1.3b": StagePlan(steps=160, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
+        "s1.3b": StagePlan(steps=240, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
                            params_of="s1.1", preset="s1.3", shape_share=0.5,
                            tasks=("shape", "color", "shape", "shape", "position", "shape", "shape", "shape")),
         # The paper's s2 trains every parameter; here 5 such steps at lr 2e-5 cost 3-13 points of
@@ -105,7 +105,7 @@ class DemoPlan:
     })
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations
     eval_early: int = 2  # items per task after base/s1.1/s1.2 (cheap progress check)
-    eval_late: int = 32  # items per task after s1.3/s2 (the numbers that matter)
+    eval_late: int = 48  # items per task after s1.3/s2 (the numbers that matter)
     seen_words: int = 0  # world: extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 1024  # held-out English text scored for the language-retention NLL
     answer_tokens: int = 24  # greedy tokens generated for each fixed text prompt (language retention)

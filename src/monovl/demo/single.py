@@ -155,9 +155,11 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
 # ---------------------------------------------------------------- the default demo's curriculum
 # The EViP stages on single-object scenes, factorized per task, as the learning curves say
 # (README, "The demo" and "Shape: learnt once the colour cannot stand in for it"):
-# - shape scenes always have a fill outside the palette, so no palette colour is ever seen with a
-#   shape answer and the colour cannot stand in for the shape (the shortcut that made the model
-#   name colour-shape pairs); the darker fills also make shapes quicker to learn;
+# - shape scenes have a fill outside the palette, so no palette colour is seen with a shape answer
+#   and the colour cannot stand in for the shape (the shortcut that made the model name colour-shape
+#   pairs); the darker fills also make shapes quicker to learn. Once shape is learnt that way, a
+#   second phase (`shape_share=0.5`) asks half its shape questions about training pairs in palette
+#   colours, which the shortcut no longer spoils (README, shape runs, rows 12 and 25-26);
 # - colour scenes have a shape outside the vocabulary half of the time (share 0.5), so each colour
 #   is seen on many shapes, and on the shapes it will be asked about;
 # - position scenes draw training pairs, and may add a colour question, never a shape one;
