@@ -207,3 +207,30 @@ def test_a_changed_scene_is_drawn_anew_not_read_from_a_stale_file(tmp_path):
     again = json.loads(write_single_object_set(tmp_path, ["shape"], 2, seed=0, heldout=False,
                                                radius=(0.3, 0.4), image_size=64).read_text().splitlines()[0])
     assert again["image"] == large["image"]
+
+
+def test_second_phase_of_s1_3_asks_shape_on_training_pairs_and_draws_new_scenes(tmp_path):
+    # DemoPlan's s1.3b: half its shape questions about palette colours (training pairs only, never a
+    # held-out pair), the rest on fills outside the palette; its records continue s1.3a's indices.
+    from monovl.demo.render import EXTRA_FILLS
+    from monovl.demo.single import curriculum_record, write_curriculum
+
+    palette = []
+    for i in range(200):
+        rec = curriculum_record("s1.3", i, seed=0, radius=(0.2, 0.4), tasks=("shape",), shape_share=0.5)
+        (obj,) = rec["meta"]["objects"]
+        palette.append(obj["color"] in world.COLOR_NAMES)
+        if palette[-1]:
+            assert (obj["color"], obj["shape"]) in world.TRAIN_PAIRS
+        else:
+            assert obj["color"] in EXTRA_FILLS
+    assert 0.35 < sum(palette) / len(palette) < 0.65
+    with pytest.raises(ValueError, match="s1.3 only"):
+        curriculum_record("s1.1", 0, 0, (0.2, 0.4), shape_share=0.5)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        curriculum_record("s1.3", 0, 0, (0.2, 0.4), shape_share=1.5)
+    a = write_curriculum(tmp_path / "a", {"s1.3": 4}, seed=0, radius=(0.2, 0.4), image_size=56, tasks=("shape",))
+    b = write_curriculum(tmp_path / "b", {"s1.3": 4}, seed=0, radius=(0.2, 0.4), image_size=56, tasks=("shape",),
+                         first_index=4)
+    scenes = [json.loads(line)["meta"] for p in (a, b) for line in p["s1.3"].read_text().splitlines()]
+    assert len({json.dumps(m, sort_keys=True) for m in scenes}) == 8
