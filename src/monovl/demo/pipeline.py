@@ -95,7 +95,7 @@ class DemoPlan:
         "s1.2": StagePlan(steps=3, lr=2e-4, warmup_steps=1, lr_scale=dict(SINGLE_NEW_PARAMS_LR)),
         "s1.3a": StagePlan(steps=80, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
                            params_of="s1.1", preset="s1.3", tasks=("shape",), questions=1),
-        "s1.3b": StagePlan(steps=240, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
+        "s1.3b": StagePlan(steps=320, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR),
                            params_of="s1.1", preset="s1.3", shape_share=0.5,
                            tasks=("shape", "color", "shape", "shape", "position", "shape", "shape", "shape")),
         # The paper's s2 trains every parameter; here 5 such steps at lr 2e-5 cost 3-13 points of
