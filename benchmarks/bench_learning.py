@@ -168,7 +168,7 @@ def main() -> None:
     if run.exists():
         shutil.rmtree(run)
     # The default demo's s1.3 trains what s1.1 trains (LLM frozen): StagePlan.params_of.
-    params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None  # StagePlan.params_of
+    params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None
     trainable = list(get_stage(params_of, "v1.5" if args.attention_experts else "v1").trainable) if params_of else None
     if args.trainable:
         trainable = args.trainable.split(",")

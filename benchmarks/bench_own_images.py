@@ -28,7 +28,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from monovl.demo.evaluate import EvalItem, answer_hit, generate_answers, load_eval_items
+from monovl.demo.evaluate import EvalItem, answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import DemoPlan
 from monovl.demo.single import SINGLE_TASKS, write_single_object_set
 from monovl.demo.world import ANSWER_SUFFIX
@@ -109,13 +109,10 @@ def main() -> None:
         jsonl = write_single_object_set(out / f"generator-seed{args.generator_seed}", list(SINGLE_TASKS),
                                         args.generator_items * len(SINGLE_TASKS), seed=args.generator_seed,
                                         heldout=False, radius=plan.radius, image_size=plan.image_size, all_pairs=True)
-        generated = load_eval_items(jsonl)
-        for task in SINGLE_TASKS:
-            chosen = [i for i in generated if i.task == task]
-            preds = generate_answers(model, processor, [(i.question, i.image) for i in chosen], max_new_tokens=8,
-                                     batch_size=16, desc=f"generator: {task}")
-            hits = sum(answer_hit(p, i.answers) for p, i in zip(preds, chosen))
-            result[f"generator_{task}"] = f"{hits}/{len(chosen)} = {100 * hits / len(chosen):.1f}%"
+        scores, _ = score_visual(model, processor, load_eval_items(jsonl))  # the demo's own scoring
+        n = args.generator_items
+        for task, pct in scores.items():
+            result[f"generator_{task}"] = f"{round(pct * n / 100)}/{n} = {pct:.1f}%"
     print(json.dumps({k: v for k, v in result.items() if not k.endswith("_wrong")}, indent=1))
     (out / "own_images.json").write_text(json.dumps(result, indent=1))
 
