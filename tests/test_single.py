@@ -178,7 +178,7 @@ def test_curriculum_asks_shape_only_about_fills_outside_the_palette():
     with pytest.raises(ValueError, match="unknown stage"):
         curriculum_record("s3", 0, 0, (0.2, 0.4))
     with pytest.raises(ValueError, match="must be a non-empty sequence"):
-        curriculum_record("s1.3", 0, 0, (0.2, 0.4), tasks=("count",))
+        curriculum_record("s1.3", 0, 0, (0.2, 0.4), tasks=("chart",))
 
 
 def test_write_curriculum_writes_training_data(tmp_path):
@@ -234,3 +234,52 @@ def test_second_phase_of_s1_3_asks_shape_on_training_pairs_and_draws_new_scenes(
                          first_index=4)
     scenes = [json.loads(line)["meta"] for p in (a, b) for line in p["s1.3"].read_text().splitlines()]
     assert len({json.dumps(m, sort_keys=True) for m in scenes}) == 8
+
+
+def test_count_scenes_hold_one_to_four_large_objects_that_never_overlap():
+    from monovl.demo.single import rung_record
+
+    counts = []
+    for i in range(300):
+        rec = rung_record("count", i, seed=0)
+        assert rec == rung_record("count", i, seed=0)
+        objs = rec["meta"]["objects"]
+        counts.append(len(objs))
+        assert rec["answer"] == str(len(objs)) == rec["conversations"][1]["value"]
+        assert rec["conversations"][0]["value"].endswith(world.ANSWER_SUFFIX)
+        assert all(o["size"] == "large" and world.LARGE_RADIUS[0] <= o["r"] <= world.LARGE_RADIUS[1] for o in objs)
+        assert all((o["color"], o["shape"]) in world.TRAIN_PAIRS for o in objs)  # training pairs only
+        assert len({o["cell"] for o in objs}) == len(objs)  # one object per 3x3 cell: none overlap
+    assert set(counts) == {1, 2, 3, 4} and min(counts.count(n) for n in range(1, 5)) > 50
+    drawn = {(o["color"], o["shape"]) for i in range(300) for o in rung_record("count", i, 1, all_pairs=True)["meta"]["objects"]}
+    assert set(world.HELDOUT_PAIRS) <= drawn  # evaluation scenes draw all 24 pairs
+
+
+def test_word_scenes_ask_training_words_and_evaluation_renders_them_anew(tmp_path):
+    from monovl.demo.single import rung_record
+
+    train = [rung_record("word", i, seed=0) for i in range(200)]
+    evals = [rung_record("word", i, seed=1) for i in range(200)]
+    for rec in train + evals:
+        assert rec["answer"] == rec["meta"]["text"] in world.TRAIN_WORDS
+    assert len({r["answer"] for r in train}) > 100  # the whole vocabulary, not a handful of words
+    # another seed: the same vocabulary in new renders (fonts, sizes, angles, places, backgrounds)
+    assert not {json.dumps(r["meta"], sort_keys=True) for r in train} & {json.dumps(r["meta"], sort_keys=True)
+                                                                         for r in evals}
+    jsonl = write_single_object_set(tmp_path, ["color", "count", "word"], 6, seed=1, heldout=False,
+                                    radius=(0.2, 0.4), image_size=64, all_pairs=True)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["task"] for r in recs] == ["color", "count", "word"] * 2
+    assert all((tmp_path / r["image"]).is_file() and len(r["conversations"]) == 2 for r in recs)
+    with pytest.raises(ValueError, match="unknown rung task"):
+        rung_record("color", 0, 0)
+
+
+def test_count_and_word_scenes_are_s1_3_only_and_continue_its_indices():
+    from monovl.demo.single import curriculum_record, rung_record
+
+    rec = curriculum_record("s1.3", 5, 0, (0.2, 0.4), tasks=("word", "count"))
+    assert rec["task"] == "count" and rec["id"] == "s1.3-000005"
+    assert rec["meta"] == rung_record("count", 5, 0)["meta"]
+    with pytest.raises(ValueError, match="s1.3 only"):
+        curriculum_record("s2", 0, 0, (0.2, 0.4), tasks=("color", "word"))

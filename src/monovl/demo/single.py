@@ -121,6 +121,34 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
     return rec
 
 
+# ------------------------------------------------------------ the full demo's two more rungs
+# `monovl demo --full` adds counting and reading, on the easiest scenes that still ask for them:
+# - count: 1-4 objects, every one large (world.LARGE_RADIUS, 0.12-0.15 of the shorter side, one per
+#   3x3 cell, so none overlap), any colours and shapes; the question asks for the total;
+# - word: one word of the training vocabulary (world.TRAIN_WORDS, 280 words) as the world draws it
+#   (6 fonts, 40-90% of the width, rotated up to 8 degrees in half the images, any background).
+# The goal is reading training words in new renders, so evaluation draws the same vocabulary at
+# another seed: new fonts, sizes, angles and places for known words.
+RUNG_TASKS = ("count", "word")
+
+
+def rung_record(task: str, index: int, seed: int, all_pairs: bool = False) -> dict:
+    """One question about a count scene or a word scene (`task` in RUNG_TASKS); count scenes draw
+    training colour-shape pairs, or all 24 with `all_pairs`. A pure function of the arguments."""
+    if task not in RUNG_TASKS:
+        raise ValueError(f"unknown rung task {task!r}; choose from {RUNG_TASKS}")
+    rng = random.Random(f"monovl-rung|{seed}|{task}|{index}|{int(all_pairs)}")
+    if task == "count":
+        meta, _ = world._sample_shapes(rng, world.ALL_PAIRS if all_pairs else world.TRAIN_PAIRS,
+                                       n=rng.randint(1, 4), sizes=("large",))
+        question, answer = rng.choice(world._COUNT_Q), str(len(meta["objects"]))
+    else:
+        meta = world._sample_word(rng, heldout=False)
+        question, answer = rng.choice(world._WORD_Q), meta["text"]
+    return {"id": f"{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
+            "conversations": world._conversation([(question, answer, True)])}
+
+
 def _draw(rec: dict, folder: Path, image_size: int) -> None:
     """Set rec["image"] and draw it under `folder` unless present: the file name carries a hash of the
     scene and the size, so a changed generator (say, new fills) never reuses a stale image."""
@@ -133,7 +161,9 @@ def _draw(rec: dict, folder: Path, image_size: int) -> None:
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
                             radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
                             questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False) -> Path:
-    """Write `n` records (tasks in turn) with their images under `out`; returns `out/data.jsonl`.
+    """Write `n` records (tasks in turn, SINGLE_TASKS or RUNG_TASKS) with their images under `out`;
+    returns `out/data.jsonl`. A rung task's record asks one question, of training pairs, or of all 24
+    with `all_pairs` or `heldout` (`radius`, `factorized` and `questions` apply to single objects).
 
     Images are drawn at nominal size `image_size` (render.render_scene) and reused when present (their
     names hash the scene), so a second call with the same arguments only rewrites the JSONL.
@@ -142,9 +172,13 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i in range(n):
-        rec = single_object_record(tasks[i % len(tasks)], i, seed, heldout, radius, factorized=factorized,
-                                   questions=questions, pool=tuple(tasks), factorized_share=factorized_share,
-                                   all_pairs=all_pairs)
+        task = tasks[i % len(tasks)]
+        if task in RUNG_TASKS:  # one question each, whatever `questions` says
+            rec = rung_record(task, i, seed, all_pairs=all_pairs or heldout)
+        else:
+            rec = single_object_record(task, i, seed, heldout, radius, factorized=factorized, questions=questions,
+                                       pool=tuple(t for t in tasks if t not in RUNG_TASKS),
+                                       factorized_share=factorized_share, all_pairs=all_pairs)
         _draw(rec, out, image_size)
         lines.append(json.dumps(rec))
     jsonl = out / "data.jsonl"
@@ -185,17 +219,22 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
                       tasks: tuple[str, ...] = SINGLE_TASKS, shape_share: float | None = None) -> dict:
     """One training record of `stage` (s1.1 noisy captions, s1.2 clean captions, s1.3 question
     answering with `questions` (1 or 2) questions, s2 two-turn conversations); the scene's task is
-    `tasks[index % len(tasks)]` (a task may repeat, to weight it). `shape_share` (s1.3 only): the
+    `tasks[index % len(tasks)]` (a task may repeat, to weight it; RUNG_TASKS, s1.3 only, ask one
+    question: `rung_record`). `shape_share` (s1.3 only): the
     share of shape questions asked about a fill outside the palette, instead of
     CURRICULUM_FACTORIZED_SHARE's 1.0; the rest draw training pairs (the second phase of the shape
     curve, README "The demo"). A pure function of the arguments (no image path yet)."""
     if stage not in CURRICULUM_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
-    if not tasks or not set(tasks) <= set(SINGLE_TASKS):
-        raise ValueError(f"tasks {tasks!r} must be a non-empty sequence from {SINGLE_TASKS}")
+    if not tasks or not set(tasks) <= set(SINGLE_TASKS + RUNG_TASKS):
+        raise ValueError(f"tasks {tasks!r} must be a non-empty sequence from {SINGLE_TASKS + RUNG_TASKS}")
+    if stage != "s1.3" and set(tasks) & set(RUNG_TASKS):
+        raise ValueError(f"count and word scenes ({RUNG_TASKS}) are for s1.3 only, not {stage}")
     if shape_share is not None and (stage != "s1.3" or not 0 <= shape_share <= 1):
         raise ValueError(f"shape_share must be in [0, 1] and is for s1.3 only, got {shape_share} for {stage}")
     task = tasks[index % len(tasks)]
+    if task in RUNG_TASKS:
+        return {**rung_record(task, index, seed), "id": f"{stage}-{index:06d}"}
     rng = random.Random(f"monovl-single-curriculum|{seed}|{stage}|{index}")
     share = shape_share if task == "shape" and shape_share is not None else CURRICULUM_FACTORIZED_SHARE[task]
     rec = single_object_record(task, index, seed, heldout=False, radius=radius, factorized=True,

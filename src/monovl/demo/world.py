@@ -304,8 +304,12 @@ def _sample_shapes(
     target: tuple[str, str] | None = None,
     exclude: Callable[[str, str], bool] | None = None,
     n: int | None = None,
+    sizes: tuple[str, ...] = ("small", "large"),
 ) -> tuple[dict, int | None]:
     """A shapes scene; returns (meta, index of the target object or None).
+
+    Each object's size is drawn from ``sizes`` (``("large",)``: every object 0.12-0.15 of the
+    shorter side, the largest that fits one per cell).
 
     ``target`` is placed first; the other objects come from ``pairs`` minus
     those ``exclude(color, shape)`` rejects (keeps the target unambiguous).
@@ -321,7 +325,7 @@ def _sample_shapes(
     others = [p for p in pairs if not (exclude and exclude(*p))]
     for k, cell in enumerate(cells):
         color, shape = target if (k == 0 and target) else rng.choice(others)
-        size = rng.choice(("small", "large"))
+        size = rng.choice(sizes)
         r = rng.uniform(*SMALL_RADIUS) if size == "small" else rng.uniform(*LARGE_RADIUS)
         col, row = cell % 3, cell // 3
         # the object's box (half-side r, plus the margin) stays inside its cell of 1/3 x 1/3,
