@@ -16,7 +16,7 @@ held-out items, then deletes it. It also records the vision diagnostics of the r
 (monovl.training.diagnostics) at the same steps. Output: OUT/learning.json (one row per evaluation)
 and OUT/learning.png.
 
-`--scene world` trains on the full world's s1.3 instead (`monovl demo --full`: 1-4 small objects,
+`--scene world` trains on the full world's s1.3 instead (`--full` until 2026-12-04: 1-4 small objects,
 questions that name one, words, charts) and scores its evaluation (held-out colour-shape pairs and
 words). `--scene single` trains and evaluates on one object per image with the options below
 (questions that name no object, `--radius`, `--factorized`, `--all-pairs`, held-out colour-shape
@@ -86,7 +86,7 @@ def main() -> None:
                          "(default: all three)")
     ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
                     help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
-                         "`--questions` per image); world: the full world's (`monovl demo --full`); single: one "
+                         "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); single: one "
                          "object per image with the options below (monovl/demo/single.py), --tasks in turn")
     ap.add_argument("--factorized", action="store_true",
                     help="with --scene single: half the colour questions on shapes outside the vocabulary, half "

@@ -251,7 +251,8 @@ def test_count_scenes_hold_one_to_four_large_objects_that_never_overlap():
         assert all((o["color"], o["shape"]) in world.TRAIN_PAIRS for o in objs)  # training pairs only
         assert len({o["cell"] for o in objs}) == len(objs)  # one object per 3x3 cell: none overlap
     assert set(counts) == {1, 2, 3, 4} and min(counts.count(n) for n in range(1, 5)) > 50
-    drawn = {(o["color"], o["shape"]) for i in range(300) for o in rung_record("count", i, 1, all_pairs=True)["meta"]["objects"]}
+    drawn = {(o["color"], o["shape"]) for i in range(300)
+             for o in rung_record("count", i, 1, all_pairs=True)["meta"]["objects"]}
     assert set(world.HELDOUT_PAIRS) <= drawn  # evaluation scenes draw all 24 pairs
 
 

@@ -20,9 +20,9 @@ The randomly initialised patch embedding and `mlp1` learn at 5x the LR of the vi
 reading one rendered word (single.RUNG_TASKS), with more position scenes, and evaluates all five
 skills. A finished stage is reused when its config and data are unchanged, so a stopped demo goes
 on where it stopped, and `--full` after the default demo in the same OUT trains only s1.3c and s2.
-`--quick` is a smoke run of the default path (of `--full`'s with `--full`) in a few minutes. Every run's resolved training config
-is written to OUT/configs/<run>.yaml, so one run can be repeated alone with
-`monovl train --config OUT/configs/s1.3b.yaml`.
+`--quick` is a smoke run of the default path (of `--full`'s with `--full`) in a few minutes.
+Every run's resolved training config is written to OUT/configs/<run>.yaml, so one run can be
+repeated alone with `monovl train --config OUT/configs/s1.3b.yaml`.
 """
 
 from __future__ import annotations
