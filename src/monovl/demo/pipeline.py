@@ -195,8 +195,7 @@ def run_curriculum(name: str, base: Path, out: Path, plan: DemoPlan, items: list
         cfg.save(out / "configs" / f"{name}-{stage}.yaml" if name != "main" else out / "configs" / f"{stage}.yaml")
         done = Path(cfg.out) / "final"
         # through JSON, as the file holds it (tuples become lists)
-        inputs = json.loads(json.dumps({"config": cfg.to_dict(),
-                                        "data_sha1": hashlib.sha1(data_path.read_bytes()).hexdigest()}))
+        inputs = json.loads(json.dumps({"config": cfg.to_dict(), "data_sha1": _data_sha1(data_path)}))
         previous = model_dir
         reusable = reusable and (done / REUSE_FILE).is_file() and json.loads((done / REUSE_FILE).read_text()) == inputs
         if reusable:
@@ -309,6 +308,16 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
                                     seed=plan.eval_seed, heldout=False, radius=plan.radius,
                                     image_size=plan.image_size, all_pairs=True)
     return data, load_eval_items(evals)
+
+
+def _data_sha1(path: Path) -> str:
+    """The sha1 of a stage's data: the JSONL, or a meta JSON (the single-stage ablation's) with every
+    annotation it names, so that new records behind unchanged paths are new data too."""
+    h = hashlib.sha1(path.read_bytes())
+    if path.suffix == ".json":
+        for entry in json.loads(path.read_text()).values():
+            h.update(Path(entry["annotation"]).read_bytes())
+    return h.hexdigest()
 
 
 def _mixed_meta(out: Path, data: dict[str, Path]) -> Path:
