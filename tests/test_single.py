@@ -256,14 +256,15 @@ def test_count_scenes_hold_one_to_four_large_objects_that_never_overlap():
     assert set(world.HELDOUT_PAIRS) <= drawn  # evaluation scenes draw all 24 pairs
 
 
-def test_word_scenes_ask_training_words_and_evaluation_renders_them_anew(tmp_path):
-    from monovl.demo.single import rung_record
+def test_word_scenes_ask_the_rung_vocabulary_and_evaluation_renders_it_anew(tmp_path):
+    from monovl.demo.single import RUNG_WORDS, rung_record
 
     train = [rung_record("word", i, seed=0) for i in range(200)]
     evals = [rung_record("word", i, seed=1) for i in range(200)]
     for rec in train + evals:
-        assert rec["answer"] == rec["meta"]["text"] in world.TRAIN_WORDS
-    assert len({r["answer"] for r in train}) > 100  # the whole vocabulary, not a handful of words
+        assert rec["answer"] == rec["meta"]["text"] in RUNG_WORDS
+    assert set(RUNG_WORDS) <= set(world.TRAIN_WORDS)  # never a held-out word of the world
+    assert {r["answer"] for r in train} == {r["answer"] for r in evals} == set(RUNG_WORDS)  # all of it, both seeds
     # another seed: the same vocabulary in new renders (fonts, sizes, angles, places, backgrounds)
     assert not {json.dumps(r["meta"], sort_keys=True) for r in train} & {json.dumps(r["meta"], sort_keys=True)
                                                                          for r in evals}
@@ -284,3 +285,31 @@ def test_count_and_word_scenes_are_s1_3_only_and_continue_its_indices():
     assert rec["meta"] == rung_record("count", 5, 0)["meta"]
     with pytest.raises(ValueError, match="s1.3 only"):
         curriculum_record("s2", 0, 0, (0.2, 0.4), tasks=("color", "word"))
+
+
+def test_balanced_position_draws_every_cell_alike_and_leaves_other_tasks_alone():
+    from collections import Counter
+
+    from monovl.demo.single import curriculum_record
+
+    radius = (0.2, 0.4)
+    plain = Counter(single_object_record("position", i, 1, False, radius)["answer"] for i in range(450))
+    assert plain["center"] > 0.5 * 450  # why: a centre r >= 0.2 from every edge is mostly in the middle cell
+    recs = [single_object_record("position", i, 1, False, radius, balanced_position=True) for i in range(450)]
+    cells = Counter(r["answer"] for r in recs)
+    assert set(cells) == set(world.CELL_NAMES) and max(cells.values()) < 2.2 * 450 / 9
+    for rec in recs:
+        (obj,) = rec["meta"]["objects"]
+        assert obj["cell"] == rec["answer"] and obj["size"] == "large"
+        assert world.LARGE_RADIUS[0] <= obj["r"] <= world.LARGE_RADIUS[1]
+        assert (obj["color"], obj["shape"]) in world.TRAIN_PAIRS
+    held = single_object_record("position", 0, 1, True, radius, balanced_position=True)["meta"]["objects"][0]
+    assert (held["color"], held["shape"]) in world.HELDOUT_PAIRS
+    # colour and shape scenes are the same draws with or without it
+    for task in ("color", "shape"):
+        assert (single_object_record(task, 3, 1, False, radius, balanced_position=True)
+                == single_object_record(task, 3, 1, False, radius))
+    rec = curriculum_record("s1.3", 2, 0, radius, tasks=("color", "shape", "position"), balanced_position=True)
+    assert rec["task"] == "position" and rec["meta"]["objects"][0]["size"] == "large"
+    with pytest.raises(ValueError, match="s1.3 only"):
+        curriculum_record("s1.2", 2, 0, radius, balanced_position=True)

@@ -28,7 +28,10 @@ answer a factorized scene moved outside the vocabulary: the image tokens, most o
 are then paid once for several answers (the demo world's s1.3 does the same).
 
 Tasks: ``color`` (6 answers), ``shape`` (4) and ``position`` (the 3x3 cell of the object's centre,
-9 answers). :func:`write_single_object_set` writes the official conversation JSONL, images beside
+9 answers). An object of radius 0.2-0.4 has its centre in the middle cell about two times in three
+(a centre at least r from every edge), so with ``balanced_position=True`` a position question is
+asked about one large object (world.LARGE_RADIUS) in a cell drawn uniformly, as count scenes place
+them: then no cell is the answer prior (the demo's evaluation, and `--full`'s s1.3c). :func:`write_single_object_set` writes the official conversation JSONL, images beside
 it, and ``task`` plus ``answer`` on every record, so :func:`monovl.demo.evaluate.load_eval_items`
 reads it as an evaluation set and `monovl train` as training data.
 """
@@ -57,14 +60,17 @@ _QUESTIONS = {
 
 
 def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, float],
-                        all_pairs: bool = False) -> dict:
+                        all_pairs: bool = False, any_cell: bool = False) -> dict:
     """A scene (render.render_scene meta) with one object of radius `radius` (fractions of the shorter
     side), anywhere inside the canvas; a held-out colour-shape pair iff `heldout`, any of the 24 pairs
-    with `all_pairs`, else a training pair."""
+    with `all_pairs`, else a training pair. With `any_cell`, the object is large (world.LARGE_RADIUS,
+    not `radius`) and its cell is drawn uniformly from the 3x3 grid."""
     lo, hi = radius
     if not 0 < lo <= hi < 0.5:
         raise ValueError(f"radius range {radius} must satisfy 0 < low <= high < 0.5 (fractions of the shorter side)")
     color, shape = rng.choice(world.HELDOUT_PAIRS if heldout else world.ALL_PAIRS if all_pairs else world.TRAIN_PAIRS)
+    if any_cell:
+        return world._sample_shapes(rng, world.ALL_PAIRS, target=(color, shape), n=1, sizes=("large",))[0]
     meta, _ = world._sample_shapes(rng, world.ALL_PAIRS, target=(color, shape), n=1)
     aspect = meta["aspect"]
     # r is in units of the shorter side; x, y in fractions of width, height (as in world._sample_shapes)
@@ -80,9 +86,11 @@ def single_object_scene(rng: random.Random, heldout: bool, radius: tuple[float, 
 
 def single_object_record(task: str, index: int, seed: int, heldout: bool, radius: tuple[float, float],
                          factorized: bool = False, questions: int = 1, pool: tuple[str, ...] = SINGLE_TASKS,
-                         factorized_share: float = 0.5, all_pairs: bool = False) -> dict:
+                         factorized_share: float = 0.5, all_pairs: bool = False,
+                         balanced_position: bool = False) -> dict:
     """Questions (`task` first, then others from `pool`, `questions` at most) about one scene; a pure
-    function of the arguments (no image path yet)."""
+    function of the arguments (no image path yet). `balanced_position`: a position record's object
+    sits in a uniformly drawn cell (`single_object_scene(any_cell=True)`)."""
     if task not in SINGLE_TASKS:
         raise ValueError(f"unknown single-object task {task!r}; choose from {SINGLE_TASKS}")
     if factorized and heldout:
@@ -96,7 +104,7 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
     if all_pairs and heldout:
         raise ValueError("all_pairs is for training; evaluation draws the held-out pairs")
     rng = random.Random(f"monovl-single|{seed}|{task}|{index}|{int(heldout)}")
-    meta = single_object_scene(rng, heldout, radius, all_pairs)
+    meta = single_object_scene(rng, heldout, radius, all_pairs, any_cell=balanced_position and task == "position")
     obj = meta["objects"][0]
     if factorized and task in ("color", "shape") and rng.random() < factorized_share:
         if task == "color":
@@ -122,14 +130,18 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
 
 
 # ------------------------------------------------------------ the full demo's two more rungs
-# `monovl demo --full` adds counting and reading, on the easiest scenes that still ask for them:
+# `monovl demo --full` scores counting and reading, on the easiest scenes that still ask for them
+# (it trains counting; no run has learnt reading yet: README, "--full"):
 # - count: 1-4 objects, every one large (world.LARGE_RADIUS, 0.12-0.15 of the shorter side, one per
 #   3x3 cell, so none overlap), any colours and shapes; the question asks for the total;
-# - word: one word of the training vocabulary (world.TRAIN_WORDS, 280 words) as the world draws it
-#   (6 fonts, 40-90% of the width, rotated up to 8 degrees in half the images, any background).
+# - word: one word of RUNG_WORDS as the world draws it (6 fonts, 40-90% of the width, rotated up to
+#   8 degrees in half the images, any background).
 # The goal is reading training words in new renders, so evaluation draws the same vocabulary at
 # another seed: new fonts, sizes, angles and places for known words.
 RUNG_TASKS = ("count", "word")
+# The vocabulary the full demo reads: the world's first 24 training words. With all 276 (~2 renders
+# per word in 600 scenes) no word was read; 24 were not either, after 800 (README, "--full").
+RUNG_WORDS: tuple[str, ...] = world.TRAIN_WORDS[:24]
 
 
 def rung_record(task: str, index: int, seed: int, all_pairs: bool = False) -> dict:
@@ -143,7 +155,7 @@ def rung_record(task: str, index: int, seed: int, all_pairs: bool = False) -> di
                                        n=rng.randint(1, 4), sizes=("large",))
         question, answer = rng.choice(world._COUNT_Q), str(len(meta["objects"]))
     else:
-        meta = world._sample_word(rng, heldout=False)
+        meta = world._sample_text(rng, "word", rng.choice(RUNG_WORDS))
         question, answer = rng.choice(world._WORD_Q), meta["text"]
     return {"id": f"{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
             "conversations": world._conversation([(question, answer, True)])}
@@ -160,10 +172,12 @@ def _draw(rec: dict, folder: Path, image_size: int) -> None:
 
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
                             radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
-                            questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False) -> Path:
+                            questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False,
+                            balanced_position: bool = False) -> Path:
     """Write `n` records (tasks in turn, SINGLE_TASKS or RUNG_TASKS) with their images under `out`;
     returns `out/data.jsonl`. A rung task's record asks one question, of training pairs, or of all 24
-    with `all_pairs` or `heldout` (`radius`, `factorized` and `questions` apply to single objects).
+    with `all_pairs` or `heldout` (`radius`, `factorized`, `questions` and `balanced_position` apply to
+    single objects).
 
     Images are drawn at nominal size `image_size` (render.render_scene) and reused when present (their
     names hash the scene), so a second call with the same arguments only rewrites the JSONL.
@@ -178,7 +192,8 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
         else:
             rec = single_object_record(task, i, seed, heldout, radius, factorized=factorized, questions=questions,
                                        pool=tuple(t for t in tasks if t not in RUNG_TASKS),
-                                       factorized_share=factorized_share, all_pairs=all_pairs)
+                                       factorized_share=factorized_share, all_pairs=all_pairs,
+                                       balanced_position=balanced_position)
         _draw(rec, out, image_size)
         lines.append(json.dumps(rec))
     jsonl = out / "data.jsonl"
@@ -216,14 +231,16 @@ def _natural(task: str, obj: dict, rng: random.Random) -> str:
 
 def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, float],
                       questions: int = 1, noisy_rate: float = 0.15,
-                      tasks: tuple[str, ...] = SINGLE_TASKS, shape_share: float | None = None) -> dict:
+                      tasks: tuple[str, ...] = SINGLE_TASKS, shape_share: float | None = None,
+                      balanced_position: bool = False) -> dict:
     """One training record of `stage` (s1.1 noisy captions, s1.2 clean captions, s1.3 question
     answering with `questions` (1 or 2) questions, s2 two-turn conversations); the scene's task is
     `tasks[index % len(tasks)]` (a task may repeat, to weight it; RUNG_TASKS, s1.3 only, ask one
     question: `rung_record`). `shape_share` (s1.3 only): the
     share of shape questions asked about a fill outside the palette, instead of
     CURRICULUM_FACTORIZED_SHARE's 1.0; the rest draw training pairs (the second phase of the shape
-    curve, README "The demo"). A pure function of the arguments (no image path yet)."""
+    curve, README "The demo"). `balanced_position` (s1.3 only): position scenes put one large object in a
+    uniformly drawn cell. A pure function of the arguments (no image path yet)."""
     if stage not in CURRICULUM_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
     if not tasks or not set(tasks) <= set(SINGLE_TASKS + RUNG_TASKS):
@@ -232,6 +249,8 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
         raise ValueError(f"count and word scenes ({RUNG_TASKS}) are for s1.3 only, not {stage}")
     if shape_share is not None and (stage != "s1.3" or not 0 <= shape_share <= 1):
         raise ValueError(f"shape_share must be in [0, 1] and is for s1.3 only, got {shape_share} for {stage}")
+    if balanced_position and stage != "s1.3":
+        raise ValueError(f"balanced_position is for s1.3 only, not {stage}")
     task = tasks[index % len(tasks)]
     if task in RUNG_TASKS:
         return {**rung_record(task, index, seed), "id": f"{stage}-{index:06d}"}
@@ -239,7 +258,8 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
     share = shape_share if task == "shape" and shape_share is not None else CURRICULUM_FACTORIZED_SHARE[task]
     rec = single_object_record(task, index, seed, heldout=False, radius=radius, factorized=True,
                                factorized_share=share,
-                               questions=min(questions if stage == "s1.3" else 2, 2), pool=_FOLLOW_UPS[task])
+                               questions=min(questions if stage == "s1.3" else 2, 2), pool=_FOLLOW_UPS[task],
+                               balanced_position=balanced_position)
     rec["id"] = f"{stage}-{index:06d}"
     meta = rec["meta"]
     if stage == "s1.3":
@@ -274,7 +294,8 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
 
 def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: tuple[float, float],
                      image_size: int, questions: int = 1, tasks: tuple[str, ...] = SINGLE_TASKS,
-                     shape_share: float | None = None, first_index: int = 0) -> dict[str, Path]:
+                     shape_share: float | None = None, first_index: int = 0,
+                     balanced_position: bool = False) -> dict[str, Path]:
     """Write each stage of `sizes` ({stage: records}) under `out/<stage>/`; returns {stage: data.jsonl}.
     Records are indices `first_index` .. `first_index + n - 1` of `curriculum_record` (a second
     part of a stage starts after the first, so its scenes are new). An image is reused when present:
@@ -285,7 +306,8 @@ def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: 
         (folder / "images").mkdir(parents=True, exist_ok=True)
         lines = []
         for i in range(first_index, first_index + n):
-            rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks, shape_share=shape_share)
+            rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks, shape_share=shape_share,
+                                    balanced_position=balanced_position)
             _draw(rec, folder, image_size)
             lines.append(json.dumps(rec))
         paths[stage] = folder / "data.jsonl"
