@@ -217,8 +217,8 @@ def main() -> None:
               "eval_items_per_task": args.eval_per_task}
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(result, indent=1))
-    scene = ("the demo world" if args.scene == "world" else
-             f"single objects (radius {args.radius}{', factorized' if args.factorized else ''})")
+    scene = ("the demo world" if args.scene == "world" else f"the demo's {args.demo_run} scenes" if args.scene == "demo"
+             else f"single objects (radius {args.radius}{', factorized' if args.factorized else ''})")
     plot(rows, tasks, out / "learning.png", title=f"{args.stage} on {scene}, {tag}, lr {args.lr:g}"
          + (f", scale {args.lr_scale}" if args.lr_scale else ""))
     print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
