@@ -45,7 +45,7 @@ from monovl.checkpoint.upcycle import upcycle
 from monovl.demo import single
 from monovl.demo.evaluate import answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
-from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_single_object_set
+from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_eval_set, write_single_object_set
 from monovl.demo.world import QA_TASKS, TRAIN_WORDS, CurriculumSizes, generate_curriculum
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
@@ -93,8 +93,9 @@ def main() -> None:
                          f"words (default {len(single.RUNG_WORDS)}, single.RUNG_WORDS; at most {len(TRAIN_WORDS)})")
     ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
                     help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
-                         "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); single: one "
-                         "object per image with the options below (monovl/demo/single.py), --tasks in turn")
+                         "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); "
+                         "single: one object per image with the options below (monovl/demo/single.py), --tasks in "
+                         "turn")
     ap.add_argument("--factorized", action="store_true",
                     help="with --scene single: half the colour questions on shapes outside the vocabulary, half "
                          "the shape questions on fills outside the palette (monovl/demo/single.py)")
@@ -143,9 +144,8 @@ def main() -> None:
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,
                                 shape_share=sp.shape_share, balanced_position=sp.balanced_position)["s1.3"]
-        evals = write_single_object_set(folder / "eval", tasks, args.eval_per_task * len(tasks), seed=plan.eval_seed,
-                                        heldout=False, radius=radius, image_size=args.image_size, all_pairs=True,
-                                        balanced_position=True)
+        evals = write_eval_set(folder / "eval", tasks, args.eval_per_task, seed=plan.eval_seed, radius=radius,
+                               image_size=args.image_size)
         items = load_eval_items(evals)
     elif args.scene == "world":
         tasks = (args.tasks or "count,color,shape,position,ocr_word").split(",")

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from monovl.demo.evaluate import EvalItem, answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import DemoPlan
-from monovl.demo.single import SINGLE_TASKS, write_single_object_set
+from monovl.demo.single import SINGLE_TASKS, write_eval_set
 from monovl.demo.world import ANSWER_SUFFIX
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import IMAGE_PLACEHOLDER, MonoProcessor
@@ -107,10 +107,8 @@ def main() -> None:
                                    if not h]
     if args.generator_items:
         plan = DemoPlan()
-        jsonl = write_single_object_set(out / f"generator-seed{args.generator_seed}", list(SINGLE_TASKS),
-                                        args.generator_items * len(SINGLE_TASKS), seed=args.generator_seed,
-                                        heldout=False, radius=plan.radius, image_size=plan.image_size, all_pairs=True,
-                                        balanced_position=True)
+        jsonl = write_eval_set(out / f"generator-seed{args.generator_seed}", SINGLE_TASKS, args.generator_items,
+                               seed=args.generator_seed, radius=plan.radius, image_size=plan.image_size)
         scores, _ = score_visual(model, processor, load_eval_items(jsonl))  # the demo's own scoring
         n = args.generator_items
         for task, pct in scores.items():

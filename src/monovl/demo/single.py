@@ -31,9 +31,11 @@ Tasks: ``color`` (6 answers), ``shape`` (4) and ``position`` (the 3x3 cell of th
 9 answers). An object of radius 0.2-0.4 has its centre in the middle cell about two times in three
 (a centre at least r from every edge), so with ``balanced_position=True`` a position question is
 asked about one large object (world.LARGE_RADIUS) in a cell drawn uniformly, as count scenes place
-them: then no cell is the answer prior (the demo's evaluation, and `--full`'s s1.3c). :func:`write_single_object_set` writes the official conversation JSONL, images beside
-it, and ``task`` plus ``answer`` on every record, so :func:`monovl.demo.evaluate.load_eval_items`
-reads it as an evaluation set and `monovl train` as training data.
+them: then no cell is the answer prior (the demo's evaluation, and `--full`'s s1.3c).
+:func:`write_single_object_set` writes the official conversation JSONL, images beside it, and
+``task`` plus ``answer`` on every record, so :func:`monovl.demo.evaluate.load_eval_items` reads it
+as an evaluation set and `monovl train` as training data; :func:`write_eval_set` is the demo's
+evaluation set.
 """
 
 from __future__ import annotations
@@ -201,6 +203,16 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     return jsonl
 
 
+def write_eval_set(out: str | Path, tasks: tuple[str, ...] | list[str], per_task: int, seed: int,
+                   radius: tuple[float, float], image_size: int = 224) -> Path:
+    """The demo's evaluation set (`monovl demo`, bench_learning.py, bench_own_images.py): `per_task`
+    records of each of `tasks`, in turn, with another seed than training's; objects of all 24
+    colour-shape pairs, so no training answer ties a shape to a palette colour and the 6 held-out
+    pairs are asked too; position about an object in a uniformly drawn cell. Returns out/data.jsonl."""
+    return write_single_object_set(out, list(tasks), per_task * len(tasks), seed=seed, heldout=False, radius=radius,
+                                   image_size=image_size, all_pairs=True, balanced_position=True)
+
+
 # ---------------------------------------------------------------- the default demo's curriculum
 # The EViP stages on single-object scenes, factorized per task, as the learning curves say
 # (README, "The demo" and "Shape: learnt once the colour cannot stand in for it"):
@@ -239,8 +251,8 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
     question: `rung_record`). `shape_share` (s1.3 only): the
     share of shape questions asked about a fill outside the palette, instead of
     CURRICULUM_FACTORIZED_SHARE's 1.0; the rest draw training pairs (the second phase of the shape
-    curve, README "The demo"). `balanced_position` (s1.3 only): position scenes put one large object in a
-    uniformly drawn cell. A pure function of the arguments (no image path yet)."""
+    curve, README "The demo"). `balanced_position` (s1.3 only): position scenes put one large
+    object in a uniformly drawn cell. A pure function of the arguments (no image path yet)."""
     if stage not in CURRICULUM_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
     if not tasks or not set(tasks) <= set(SINGLE_TASKS + RUNG_TASKS):
