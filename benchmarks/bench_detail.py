@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from monovl.checkpoint.safetensors_io import CheckpointError, weight_files
 from monovl.demo.evaluate import EvalItem, load_eval_items, score_visual
 from monovl.demo.pipeline import DemoPlan
 from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_eval_set
@@ -48,9 +49,13 @@ def mean_colour_share(delta: torch.Tensor) -> float:
     return float(d.mean(-1).pow(2).sum() * d.shape[-1] / d.pow(2).sum())
 
 
-def patch_weight(model_dir: Path) -> torch.Tensor:
-    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        return f.get_tensor(PATCH_WEIGHT)
+def read_patch_weight(model_dir: Path) -> torch.Tensor:
+    """The patch embedding's weight from a checkpoint directory (one file or shards), alone."""
+    for path in weight_files(model_dir):
+        with safe_open(str(path), "pt") as f:
+            if PATCH_WEIGHT in f.keys():
+                return f.get_tensor(PATCH_WEIGHT)
+    raise CheckpointError(f"{model_dir} has no {PATCH_WEIGHT}")
 
 
 def main() -> None:
@@ -83,7 +88,8 @@ def main() -> None:
         result["scores"][name] = scores
         print(f"{name:>14}: " + ", ".join(f"{t} {s:.1f}" for t, s in scores.items()), flush=True)
     if args.base:
-        share = mean_colour_share(patch_weight(args.model).float() - patch_weight(args.base).float())
+        trained = model.get_parameter(PATCH_WEIGHT).detach()  # already loaded: not read twice
+        share = mean_colour_share(trained.float() - read_patch_weight(args.base).float())
         result["mean_colour_share_of_patch_embedding_change"] = share
         print(f"patch embedding: {100 * share:.1f}% of its change responds only to a patch's mean colour "
               f"(at random {100 * 3 / (3 * patch * patch):.1f}%)")
