@@ -68,6 +68,7 @@ def main() -> None:
     args = ap.parse_args()
 
     plan = DemoPlan()
+    base_weight = read_patch_weight(args.base) if args.base else None  # a bad --base fails before the scoring
     model = MonoInternVL.from_pretrained(args.model).eval()
     processor = MonoProcessor.from_pretrained(args.model)
     tile, patch = model.config.vision.image_size, model.config.vision.patch_size
@@ -87,9 +88,9 @@ def main() -> None:
         name = "as drawn" if block is None else f"{block} px blocks"
         result["scores"][name] = scores
         print(f"{name:>14}: " + ", ".join(f"{t} {s:.1f}" for t, s in scores.items()), flush=True)
-    if args.base:
+    if base_weight is not None:
         trained = model.get_parameter(PATCH_WEIGHT).detach()  # already loaded: not read twice
-        share = mean_colour_share(trained.float() - read_patch_weight(args.base).float())
+        share = mean_colour_share(trained.float() - base_weight.float())
         result["mean_colour_share_of_patch_embedding_change"] = share
         print(f"patch embedding: {100 * share:.1f}% of its change responds only to a patch's mean colour "
               f"(at random {100 * 3 / (3 * patch * patch):.1f}%)")
