@@ -277,6 +277,41 @@ def test_word_scenes_ask_the_rung_vocabulary_and_evaluation_renders_it_anew(tmp_
         rung_record("color", 0, 0)
 
 
+def test_plain_word_scenes_draw_a_chosen_vocabulary_in_one_style_inside_a_white_square(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from monovl.demo.single import PLAIN_WORD_FONT, PLAIN_WORD_PX, WordScenes, rung_record, write_eval_set
+
+    words = world.TRAIN_WORDS[:8]
+    plain = WordScenes(words, plain=True)
+
+    train = [rung_record("word", i, seed=0, word_scenes=plain) for i in range(120)]
+    evals = [rung_record("word", i, seed=1, all_pairs=True, word_scenes=plain) for i in range(120)]
+    assert train[5] == rung_record("word", 5, seed=0, word_scenes=plain)  # pure
+    assert {r["answer"] for r in train} == {r["answer"] for r in evals} == set(words)
+    for rec in train + evals:
+        m = rec["meta"]
+        assert rec["answer"] == m["text"] and m["font"] == PLAIN_WORD_FONT and m["color"] == "black"
+        assert (m["bg"], m["bg_style"], m["aspect"], m["scale"], m["angle"]) == ("white", "flat", 1.0, 1.0, 0.0)
+        assert PLAIN_WORD_PX[0] / 224 - 1e-4 <= m["size"] <= PLAIN_WORD_PX[1] / 224 + 1e-4
+    assert len({(r["meta"]["x"], r["meta"]["y"]) for r in train}) > 100  # a new place in (almost) every scene
+    # count scenes ignore the word setting; the default is the world's renders of RUNG_WORDS
+    assert rung_record("count", 3, 0, word_scenes=plain) == rung_record("count", 3, 0)
+    assert len({rung_record("word", i, 0)["meta"]["font"] for i in range(60)}) > 4
+    jsonl = write_eval_set(tmp_path, ("color", "word"), 3, seed=1, radius=(0.2, 0.4), image_size=224,
+                           word_scenes=plain)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    for rec in (r for r in recs if r["task"] == "word"):
+        img = np.asarray(Image.open(tmp_path / rec["image"]).convert("L"))
+        assert img.shape == (224, 224) and img.max() == 255  # white canvas, nominal size
+        assert 0.02 < (img < 100).mean() < 0.3  # black ink, the whole word on the canvas
+    with pytest.raises(ValueError, match="training words"):
+        WordScenes(world.HELDOUT_WORDS[:2])
+    with pytest.raises(ValueError, match="training words"):
+        WordScenes(())
+
+
 def test_count_and_word_scenes_are_s1_3_only_and_continue_its_indices():
     from monovl.demo.single import curriculum_record, rung_record
 

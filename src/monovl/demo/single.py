@@ -43,10 +43,11 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import world
-from .render import EXTRA_FILLS, EXTRA_SHAPES, render_scene
+from .render import EXTRA_FILLS, EXTRA_SHAPES, render_scene, text_extent
 
 SINGLE_TASKS = ("color", "shape", "position")
 
@@ -136,19 +137,54 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
 # (it trains counting; no run has learnt reading yet: README, "--full"):
 # - count: 1-4 objects, every one large (world.LARGE_RADIUS, 0.12-0.15 of the shorter side, one per
 #   3x3 cell, so none overlap), any colours and shapes; the question asks for the total;
-# - word: one word of RUNG_WORDS as the world draws it (6 fonts, 40-90% of the width, rotated up to
-#   8 degrees in half the images, any background).
+# - word: one word of RUNG_WORDS as the world draws it (8 font styles, 40-90% of the width, rotated up to
+#   8 degrees in half the images, any background), or another vocabulary, drawn plainly, through
+#   WordScenes (bench_learning.py --words, --plain-words).
 # The goal is reading training words in new renders, so evaluation draws the same vocabulary at
 # another seed: new fonts, sizes, angles and places for known words.
 RUNG_TASKS = ("count", "word")
 # The vocabulary the full demo reads: the world's first 24 training words. With all 276 (~2 renders
 # per word in 600 scenes) no word was read; 24 were not either, after 800 (README, "--full").
 RUNG_WORDS: tuple[str, ...] = world.TRAIN_WORDS[:24]
+# Plain renders (`WordScenes(plain=True)`): one font, black ink, a flat white square, no rotation.
+PLAIN_WORD_FONT, PLAIN_WORD_PX = "sans-bold", (44, 52)
 
 
-def rung_record(task: str, index: int, seed: int, all_pairs: bool = False) -> dict:
+@dataclass(frozen=True)
+class WordScenes:
+    """How word scenes are drawn: `words`, the vocabulary (default RUNG_WORDS); `plain`, every word
+    in PLAIN_WORD_FONT, black, 44-52 px at nominal 224 (a letter about two 14 px patches wide), at a
+    random place on a flat white 224 px square, never rotated, instead of the world's 8 fonts, 4
+    inks, any canvas and up to 8 degrees of rotation. Plain renders are a rung below the world's: 8
+    words were read from them (50% after 1,200 scenes) and not from the world's renders (4%; README,
+    "--full")."""
+
+    words: tuple[str, ...] = RUNG_WORDS
+    plain: bool = False
+
+    def __post_init__(self):
+        if not self.words or not set(self.words) <= set(world.TRAIN_WORDS):
+            raise ValueError("word scenes need a non-empty vocabulary of the world's training words "
+                             "(world.TRAIN_WORDS), so that no held-out word is ever trained")
+
+
+def plain_word_scene(rng: random.Random, text: str) -> dict:
+    """A render.render_scene meta of `text` drawn plainly (WordScenes.plain)."""
+    px = rng.randint(*PLAIN_WORD_PX)
+    w, h = text_extent(PLAIN_WORD_FONT, px, text, 0.0)
+    side = 224
+    mx, my = max(0.0, (side - w) / 2 - 6), max(0.0, (side - h) / 2 - 6)
+    x, y = side / 2 + rng.uniform(-mx, mx), side / 2 + rng.uniform(-my, my)
+    return {"kind": "word", "text": text, "aspect": 1.0, "scale": 1.0, "bg": "white", "bg_style": "flat",
+            "font": PLAIN_WORD_FONT, "color": "black", "size": world._r4(px / side), "angle": 0.0,
+            "x": world._r4(x / side), "y": world._r4(y / side)}
+
+
+def rung_record(task: str, index: int, seed: int, all_pairs: bool = False,
+                word_scenes: WordScenes = WordScenes()) -> dict:
     """One question about a count scene or a word scene (`task` in RUNG_TASKS); count scenes draw
-    training colour-shape pairs, or all 24 with `all_pairs`. A pure function of the arguments."""
+    training colour-shape pairs, or all 24 with `all_pairs`; word scenes follow `word_scenes`. A pure
+    function of the arguments."""
     if task not in RUNG_TASKS:
         raise ValueError(f"unknown rung task {task!r}; choose from {RUNG_TASKS}")
     rng = random.Random(f"monovl-rung|{seed}|{task}|{index}|{int(all_pairs)}")
@@ -157,7 +193,8 @@ def rung_record(task: str, index: int, seed: int, all_pairs: bool = False) -> di
                                        n=rng.randint(1, 4), sizes=("large",))
         question, answer = rng.choice(world._COUNT_Q), str(len(meta["objects"]))
     else:
-        meta = world._sample_text(rng, "word", rng.choice(RUNG_WORDS))
+        text = rng.choice(word_scenes.words)
+        meta = plain_word_scene(rng, text) if word_scenes.plain else world._sample_text(rng, "word", text)
         question, answer = rng.choice(world._WORD_Q), meta["text"]
     return {"id": f"{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
             "conversations": world._conversation([(question, answer, True)])}
@@ -175,11 +212,11 @@ def _draw(rec: dict, folder: Path, image_size: int) -> None:
 def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int, heldout: bool,
                             radius: tuple[float, float], image_size: int = 224, factorized: bool = False,
                             questions: int = 1, factorized_share: float = 0.5, all_pairs: bool = False,
-                            balanced_position: bool = False) -> Path:
+                            balanced_position: bool = False, word_scenes: WordScenes = WordScenes()) -> Path:
     """Write `n` records (tasks in turn, SINGLE_TASKS or RUNG_TASKS) with their images under `out`;
     returns `out/data.jsonl`. A rung task's record asks one question, of training pairs, or of all 24
     with `all_pairs` or `heldout` (`radius`, `factorized`, `questions` and `balanced_position` apply to
-    single objects).
+    single objects, `word_scenes` to word scenes).
 
     Images are drawn at nominal size `image_size` (render.render_scene) and reused when present (their
     names hash the scene), so a second call with the same arguments only rewrites the JSONL.
@@ -190,7 +227,7 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
     for i in range(n):
         task = tasks[i % len(tasks)]
         if task in RUNG_TASKS:  # one question each, whatever `questions` says
-            rec = rung_record(task, i, seed, all_pairs=all_pairs or heldout)
+            rec = rung_record(task, i, seed, all_pairs=all_pairs or heldout, word_scenes=word_scenes)
         else:
             rec = single_object_record(task, i, seed, heldout, radius, factorized=factorized, questions=questions,
                                        pool=tuple(t for t in tasks if t not in RUNG_TASKS),
@@ -204,13 +241,15 @@ def write_single_object_set(out: str | Path, tasks: list[str], n: int, seed: int
 
 
 def write_eval_set(out: str | Path, tasks: tuple[str, ...] | list[str], per_task: int, seed: int,
-                   radius: tuple[float, float], image_size: int = 224) -> Path:
+                   radius: tuple[float, float], image_size: int = 224,
+                   word_scenes: WordScenes = WordScenes()) -> Path:
     """The demo's evaluation set (`monovl demo`, bench_learning.py, bench_own_images.py): `per_task`
     records of each of `tasks`, in turn, with another seed than training's; objects of all 24
     colour-shape pairs, so no training answer ties a shape to a palette colour and the 6 held-out
     pairs are asked too; position about an object in a uniformly drawn cell. Returns out/data.jsonl."""
     return write_single_object_set(out, list(tasks), per_task * len(tasks), seed=seed, heldout=False, radius=radius,
-                                   image_size=image_size, all_pairs=True, balanced_position=True)
+                                   image_size=image_size, all_pairs=True, balanced_position=True,
+                                   word_scenes=word_scenes)
 
 
 # ---------------------------------------------------------------- the default demo's curriculum
@@ -244,7 +283,7 @@ def _natural(task: str, obj: dict, rng: random.Random) -> str:
 def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, float],
                       questions: int = 1, noisy_rate: float = 0.15,
                       tasks: tuple[str, ...] = SINGLE_TASKS, shape_share: float | None = None,
-                      balanced_position: bool = False) -> dict:
+                      balanced_position: bool = False, word_scenes: WordScenes = WordScenes()) -> dict:
     """One training record of `stage` (s1.1 noisy captions, s1.2 clean captions, s1.3 question
     answering with `questions` (1 or 2) questions, s2 two-turn conversations); the scene's task is
     `tasks[index % len(tasks)]` (a task may repeat, to weight it; RUNG_TASKS, s1.3 only, ask one
@@ -252,7 +291,8 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
     share of shape questions asked about a fill outside the palette, instead of
     CURRICULUM_FACTORIZED_SHARE's 1.0; the rest draw training pairs (the second phase of the shape
     curve, README "The demo"). `balanced_position` (s1.3 only): position scenes put one large
-    object in a uniformly drawn cell. A pure function of the arguments (no image path yet)."""
+    object in a uniformly drawn cell. `word_scenes`: how word scenes are drawn. A pure function of
+    the arguments (no image path yet)."""
     if stage not in CURRICULUM_STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose from {CURRICULUM_STAGES}")
     if not tasks or not set(tasks) <= set(SINGLE_TASKS + RUNG_TASKS):
@@ -265,7 +305,7 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
         raise ValueError(f"balanced_position is for s1.3 only, not {stage}")
     task = tasks[index % len(tasks)]
     if task in RUNG_TASKS:
-        return {**rung_record(task, index, seed), "id": f"{stage}-{index:06d}"}
+        return {**rung_record(task, index, seed, word_scenes=word_scenes), "id": f"{stage}-{index:06d}"}
     rng = random.Random(f"monovl-single-curriculum|{seed}|{stage}|{index}")
     share = shape_share if task == "shape" and shape_share is not None else CURRICULUM_FACTORIZED_SHARE[task]
     rec = single_object_record(task, index, seed, heldout=False, radius=radius, factorized=True,
@@ -307,7 +347,7 @@ def curriculum_record(stage: str, index: int, seed: int, radius: tuple[float, fl
 def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: tuple[float, float],
                      image_size: int, questions: int = 1, tasks: tuple[str, ...] = SINGLE_TASKS,
                      shape_share: float | None = None, first_index: int = 0,
-                     balanced_position: bool = False) -> dict[str, Path]:
+                     balanced_position: bool = False, word_scenes: WordScenes = WordScenes()) -> dict[str, Path]:
     """Write each stage of `sizes` ({stage: records}) under `out/<stage>/`; returns {stage: data.jsonl}.
     Records are indices `first_index` .. `first_index + n - 1` of `curriculum_record` (a second
     part of a stage starts after the first, so its scenes are new). An image is reused when present:
@@ -319,7 +359,7 @@ def write_curriculum(out: str | Path, sizes: dict[str, int], seed: int, radius: 
         lines = []
         for i in range(first_index, first_index + n):
             rec = curriculum_record(stage, i, seed, radius, questions=questions, tasks=tasks, shape_share=shape_share,
-                                    balanced_position=balanced_position)
+                                    balanced_position=balanced_position, word_scenes=word_scenes)
             _draw(rec, folder, image_size)
             lines.append(json.dumps(rec))
         paths[stage] = folder / "data.jsonl"
