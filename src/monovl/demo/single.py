@@ -171,10 +171,8 @@ class WordScenes:
 def plain_word_scene(rng: random.Random, text: str) -> dict:
     """A render.render_scene meta of `text` drawn plainly (WordScenes.plain)."""
     px = rng.randint(*PLAIN_WORD_PX)
-    w, h = text_extent(PLAIN_WORD_FONT, px, text, 0.0)
     side = 224
-    mx, my = max(0.0, (side - w) / 2 - 6), max(0.0, (side - h) / 2 - 6)
-    x, y = side / 2 + rng.uniform(-mx, mx), side / 2 + rng.uniform(-my, my)
+    x, y = world._place_text(rng, side, side, *text_extent(PLAIN_WORD_FONT, px, text, 0.0))
     return {"kind": "word", "text": text, "aspect": 1.0, "scale": 1.0, "bg": "white", "bg_style": "flat",
             "font": PLAIN_WORD_FONT, "color": "black", "size": world._r4(px / side), "angle": 0.0,
             "x": world._r4(x / side), "y": world._r4(y / side)}

@@ -343,6 +343,13 @@ def _sample_shapes(
     return meta, (objs.index(tgt_obj) if tgt_obj is not None else None)
 
 
+def _place_text(rng: random.Random, W: float, H: float, w: float, h: float) -> tuple[float, float]:
+    """A random centre (x, y), in pixels, for a w x h text box on a W x H canvas: the box stays 6 px
+    inside every edge, or is centred on an axis where it does not fit that way."""
+    mx, my = max(0.0, (W - w) / 2 - 6), max(0.0, (H - h) / 2 - 6)
+    return W / 2 + rng.uniform(-mx, mx), H / 2 + rng.uniform(-my, my)
+
+
 def _sample_text(rng: random.Random, kind: str, text: str) -> dict:
     canvas = _sample_canvas(rng)
     style = rng.choice(FONT_STYLES)
@@ -371,10 +378,7 @@ def _sample_text(rng: random.Random, kind: str, text: str) -> dict:
             px -= 1
         while px < hi_px and text_extent(style, px, text, angle)[0] < lo_width * W and fits(px + 1):
             px += 1
-    w, h = text_extent(style, px, text, angle)
-    mx, my = max(0.0, (W - w) / 2 - 6), max(0.0, (H - h) / 2 - 6)
-    x = W / 2 + rng.uniform(-mx, mx)
-    y = H / 2 + rng.uniform(-my, my)
+    x, y = _place_text(rng, W, H, *text_extent(style, px, text, angle))
     return {"kind": kind, "text": text, **canvas, "font": style,
             "color": rng.choice(INK_NAMES), "size": _r4(px / S), "angle": angle,
             "x": _r4(x / W), "y": _r4(y / H)}
