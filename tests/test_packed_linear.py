@@ -127,3 +127,33 @@ def test_the_modular_baseline_packs_its_own_linears_too():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     plain = Engine(modular, packed_prefill=False).generate(ids, tiles, max_new_tokens=6)
     assert Engine(modular).generate(ids, tiles, max_new_tokens=6).tolist() == plain.tolist()
+
+
+@pytest.mark.parametrize("rows", [2, 4, 9])
+@torch.inference_mode()
+def test_decode_steps_of_enough_rows_take_the_packed_products_with_the_same_logits(model, rows):
+    from monovl.engine import packed_linear
+    from monovl.engine.cpu_decode import CPUDecoder
+    from monovl.engine.decode_kernels import PACKED_MIN_ROWS, TorchKernels
+    from monovl.model.kv_cache import KVCache
+
+    cfg = model.config.llm
+    ids = torch.tensor([image_prompt([5 + r, 6], tiles=1, suffix=[8, 9 + r]) for r in range(rows)])
+    caches = [KVCache(cfg.num_hidden_layers, rows, cfg.num_key_value_heads, cfg.head_dim, ids.shape[1] + 3,
+                      model.dtype, model.device) for _ in range(2)]
+    for c in caches:
+        model(ids, random_tiles(rows), cache=c)
+    spy = Spy(model)
+    packed_linear._PACKERS[model] = spy  # the packer the decoder looks up
+    try:
+        plain, packed = CPUDecoder(model, TorchKernels(), packed=False), CPUDecoder(model, TorchKernels())
+        tokens = torch.arange(rows) + 11
+        for i in range(3):
+            positions = torch.full((rows, 1), ids.shape[1] + i)
+            ref, got = plain(tokens, positions, caches[0]), packed(tokens, positions, caches[1])
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+            tokens = ref.argmax(-1)
+    finally:
+        del packed_linear._PACKERS[model]
+    # Every product of every layer and the head, on each of the 3 steps, once a batch is large enough.
+    assert spy.hits == (3 * (5 * cfg.num_hidden_layers + 1) if rows >= PACKED_MIN_ROWS else 0)

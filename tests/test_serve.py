@@ -278,6 +278,58 @@ def run_direct(scheduler, requests, budget_check=None):
     return asyncio.run(main())
 
 
+@pytest.mark.parametrize("cpu_decode", [None, False], ids=["cpu-decoder", "module-path"])
+def test_rows_join_and_leave_the_running_batch_in_place_and_each_decodes_as_alone(cpu_decode):
+    """RunningBatch moves one row per join or leave where its cache has room, and copies every row into
+    a new cache where it has not (a longer prompt, no columns or slots left); either way each row's
+    greedy tokens are those of `Engine.generate` on its prompt alone."""
+    import torch
+
+    from monovl.serve.batch import ChunkedPrefill, Row, RunningBatch
+    from tiny import tiny_model
+
+    model = tiny_model(seed=4)
+    prompts = {name: list(range(3, 3 + n)) for name, n in [("a", 9), ("b", 5), ("c", 20), ("d", 7), ("e", 14),
+                                                            ("f", 6), ("g", 11)]}
+    new = {"a": 6, "b": 12, "c": 5, "d": 9, "e": 8, "f": 30, "g": 4}
+    expected = {k: Engine(model, cpu_decode=cpu_decode).generate(torch.tensor([p]), max_new_tokens=new[k],
+                                                                stop_token_ids=[])[0].tolist()
+                for k, p in prompts.items()}
+    batch = RunningBatch(model, cpu_decode, max_rows=4, max_tokens=4 * 48)
+    calls = {"in place": 0, "new cache": 0}
+    for method, name in (("_update_in_place", "in place"), ("_copy_to_new_cache", "new cache")):
+        def spy(*args, _f=getattr(batch, method), _name=name):
+            calls[_name] += 1
+            return _f(*args)
+        setattr(batch, method, spy)
+    got = {}
+
+    def join(name):
+        prefill = ChunkedPrefill(model, torch.tensor(prompts[name]), None, None, chunk=64)
+        token = int(prefill.step().argmax(-1))
+        got[name] = [token]
+        batch.rebuild(list(range(len(batch))), [(Row(name, prefill.cache.length, new[name] - 1, token),
+                                                 prefill.cache)])
+
+    def step():
+        logits = batch.step()
+        for row, token in zip(batch.rows, logits.argmax(-1).tolist()):
+            got[row.key].append(token)
+            row.token = token
+        batch.rebuild([i for i, row in enumerate(batch.rows) if len(got[row.key]) < new[row.key]])
+
+    for event in ["a", 2, "b", "c", 1, "d", 4, "e", "f", "g", 40]:
+        if isinstance(event, str):
+            join(event)
+        else:
+            for _ in range(event):
+                if len(batch):
+                    step()
+    assert got == expected
+    assert not len(batch) and batch.kv_tokens() == 0
+    assert calls["in place"] >= 5 and calls["new cache"] >= 3
+
+
 def test_kv_budget_queues_requests_that_do_not_fit_together(live):
     server = live.app.state.server
     a, b = server.processor("first question"), server.processor("second, longer question " * 3)

@@ -19,7 +19,8 @@ import torch
 from ..model.kv_cache import KVCache
 from ..model.mono_internvl import MonoInternVL
 from ..model.quantize import int8_weight
-from .decode_kernels import Int8Weight, NativeKernels, TorchKernels, default_kernels
+from .decode_kernels import PACKED_MIN_ROWS, Int8Weight, NativeKernels, PackedProducts, TorchKernels, default_kernels
+from .packed_linear import PackedLinears, model_packer
 
 
 def available(model: MonoInternVL) -> bool:
@@ -32,12 +33,23 @@ class CPUDecoder:
     """One decode step for the text path of `model.language_model`, built on views of its weights.
 
     Build it after the weights are final (the engine builds one per `stream` call): it holds views,
-    so in-place weight updates are seen, but a replaced parameter is not."""
+    so in-place weight updates are seen, but a replaced parameter is not.
 
-    def __init__(self, model: MonoInternVL, kernels: NativeKernels | TorchKernels | None = None):
+    `packed` (default: where oneDNN is available): a step of `PACKED_MIN_ROWS` rows or more runs its
+    products on the model's packed weights (`packed_linear.model_packer`, the copies prefill uses;
+    built on first use if prefill has not), where they are compute-bound and oneDNN's GEMM is faster
+    than `kernels`; fewer rows stream the plain weights through `kernels`. True raises ValueError
+    where packing is unavailable."""
+
+    def __init__(self, model: MonoInternVL, kernels: NativeKernels | TorchKernels | None = None,
+                 packed: bool | None = None):
         lm = model.language_model
         cfg = lm.cfg
         self.kernels = kernels or default_kernels()
+        if packed:
+            PackedLinears.require(model)
+        self.model = model
+        self.packed = packed is not False and PackedLinears.supported(model)
         self.lm = lm
         self.eps = cfg.rms_norm_eps
         self.n_kv, self.head_dim = cfg.num_key_value_heads, cfg.head_dim
@@ -45,9 +57,10 @@ class CPUDecoder:
         self.scale = 1.0 / math.sqrt(cfg.head_dim)
 
         def weight(linear: torch.nn.Linear) -> torch.Tensor | Int8Weight:
+            # The parameter itself, not a detached view: the packed products find their copy by it.
             # A quantized model (monovl.model.quantize) decodes on its int8 copies.
             q = int8_weight(linear)
-            return linear.weight.detach() if q is None else Int8Weight(*q, linear.weight.detach())
+            return linear.weight if q is None else Int8Weight(*q, linear.weight)
 
         def weights(linear: torch.nn.Linear) -> tuple[torch.Tensor | Int8Weight, torch.Tensor | None]:
             return weight(linear), None if linear.bias is None else linear.bias.detach()
@@ -63,13 +76,17 @@ class CPUDecoder:
         self.head = weight(lm.output)
         self.embedding = lm.model.tok_embeddings.weight.detach()
 
+    @torch.no_grad()
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B], positions [B, 1], `attention_mask` [B, past+1] or None -> fp32 logits [B, V].
 
         Same contract as `LanguageModel.forward` for one text token per row: writes the new keys and
         values into `cache` and advances it."""
-        k, b, past = self.kernels, tokens.shape[0], cache.length
+        b, past = tokens.shape[0], cache.length
+        # The packer is looked up per step (a dict lookup) so that it is only built once a batch needs it.
+        k = PackedProducts(self.kernels, model_packer(self.model)) if self.packed and b >= PACKED_MIN_ROWS \
+            else self.kernels
         cache.end_after(1)  # the kernels write slot `past` directly: check it exists first
         x = self.embedding[tokens]  # [B, H]: a new tensor, the residual stream updated in place
         mask = None if attention_mask is None else attention_mask.bool().contiguous()

@@ -51,6 +51,12 @@ BANDWIDTH_BOUND_ROWS = 8
 # 1.1-2.2x their time on every cpu-420m shape, at 32 rows 0.86-1.6x (benchmarks/bench_decode_rows.py,
 # 2026-12-04, 2-core AMD EPYC with AVX-512), so a batch of 16 decodes on them.
 NATIVE_MAX_ROWS = 16
+# From this many rows a decode step runs its products on the model's weights packed for oneDNN
+# (`PackedProducts`) where it has them. On a 2-core Intel Xeon with AVX-512 (2026-12-05,
+# benchmarks/bench_decode_rows.py, cpu-420m shapes) the native products took 0.98-1.27x the packed
+# ones' time at 4 rows, 1.27-1.44x at 8 and 1.57-1.84x at 16 (the native kernels use AVX2 only),
+# and 0.69-1.08x at 1-2 rows, where the native products stay.
+PACKED_MIN_ROWS = 4
 
 
 class Int8Weight(NamedTuple):
@@ -157,6 +163,35 @@ class NativeKernels:
 
     def attend(self, qkv, k_cache, v_cache, length, mask, scale):
         return self.ops.attend(qkv, k_cache, v_cache, length, mask, scale)
+
+
+class PackedProducts:
+    """A decode step's kernels with the products on weights packed once for oneDNN: `packer` is the
+    model's `packed_linear.PackedLinears` (the copies prefill uses), the other ops are `base`'s.
+
+    A weight is looked up by the module's fp32 tensor (an `Int8Weight`'s `dense`, which holds the
+    same values as its int8 copy), and packed again if it changed in place since."""
+
+    name = "packed"
+
+    def __init__(self, base: "NativeKernels | TorchKernels", packer):
+        self.base, self.packer = base, packer
+
+    def linear(self, x, weight, bias=None, accumulate=None):
+        y = self.packer.linear(x, dense(weight), bias)
+        return y if accumulate is None else accumulate.add_(y)
+
+    def swiglu(self, x, w1, w3):
+        return F.silu(self.linear(x, w1)).mul_(self.linear(x, w3))
+
+    def rms_norm(self, x, weight, eps):
+        return self.base.rms_norm(x, weight, eps)
+
+    def rope_store(self, qkv, cos, sin, k_cache, v_cache, pos):
+        self.base.rope_store(qkv, cos, sin, k_cache, v_cache, pos)
+
+    def attend(self, qkv, k_cache, v_cache, length, mask, scale):
+        return self.base.attend(qkv, k_cache, v_cache, length, mask, scale)
 
 
 def _compiler_flags() -> list[str]:

@@ -116,7 +116,8 @@ class Engine:
 
     `packed_prefill` (default: on for an fp32 model on CPU) runs the prefill's decoder and `mlp1` GEMMs on
     weights packed once for oneDNN (`packed_linear.PackedLinears`: 1.2-2.5x faster GEMMs, the same
-    sums to fp32 rounding, one more copy of the decoder's weights in memory)."""
+    sums to fp32 rounding, one more copy of the decoder's weights in memory), and so do CPU decode
+    steps of `decode_kernels.PACKED_MIN_ROWS` rows or more (batches); False keeps both on plain weights."""
 
     def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None,
                  kernels: NativeKernels | TorchKernels | None = None, packed_prefill: bool | None = None):
@@ -178,7 +179,7 @@ class Engine:
         else:
             positions = positions_from_mask(attention_mask, 0, t, device, b)[:, -1:] + 1
         if self.cpu_decode is not False and cpu_decode_available(model):  # checked here: the model may have moved
-            decode = CPUDecoder(model, self.kernels)
+            decode = CPUDecoder(model, self.kernels, self.packed_prefill)
         else:
             embed = model.language_model.model.tok_embeddings
 

@@ -84,6 +84,15 @@ class PackedLinears(TorchFunctionMode):
             return None
         return entry[2] if entry[1] == self._stamp(weight) else self._pack(weight)
 
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`F.linear(x, weight, bias)` on weight's packed copy (F.linear itself if weight is not one of
+        the model's). x [..., in] fp32 -> [..., out]; no autograd."""
+        packed = self.packed_weight(weight)
+        if packed is None:
+            return F.linear(x, weight, bias)
+        out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear or func is torch._C._nn.linear:
@@ -91,11 +100,7 @@ class PackedLinears(TorchFunctionMode):
             bias = args[2] if len(args) > 2 else kwargs.get("bias")
             if x.dtype == torch.float32 and x.numel() >= self.min_rows * x.shape[-1] and not (
                     torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)):
-                packed = self.packed_weight(weight)
-                if packed is not None:
-                    rows = x.reshape(-1, x.shape[-1])
-                    out = torch.ops.mkldnn._linear_pointwise(rows, packed, bias, "none", [], "")
-                    return out.reshape(*x.shape[:-1], out.shape[-1])
+                return self.linear(x, weight, bias)  # inside a mode's handler the mode is off: no recursion
         return func(*args, **kwargs)
 
 
@@ -112,6 +117,13 @@ def prefill_mode(model: nn.Module, enabled: bool | None = None) -> contextlib.Ab
         if enabled:
             PackedLinears.require(model)  # raises, saying what the model is
         return contextlib.nullcontext()
+    return model_packer(model)
+
+
+def model_packer(model: nn.Module) -> PackedLinears:
+    """The model's `PackedLinears`, built (one more copy of its linear weights) on the first call and
+    kept while the model lives; shared by prefill (`prefill_mode`) and batched CPU decode steps
+    (`cpu_decode.CPUDecoder`). Raises ValueError unless `PackedLinears.supported(model)`."""
     packer = _PACKERS.get(model)
     if packer is None:
         packer = _PACKERS[model] = PackedLinears(model)

@@ -19,6 +19,22 @@ class KVCache:
         self.max_len = max_len
         self.length = 0  # tokens already stored; advanced by the model after all layers ran
 
+    @classmethod
+    def on_buffers(cls, buffers: list[torch.Tensor], batch_size: int, num_kv_heads: int, head_dim: int,
+                   max_len: int) -> "KVCache":
+        """A cache whose keys and values are views of `buffers`: 2 x num_layers flat tensors (each
+        layer's K, then its V), each of at least batch_size * num_kv_heads * max_len * head_dim
+        elements. Lets a caller reuse memory it already touched; ValueError if a buffer is too small."""
+        shape = (batch_size, num_kv_heads, max_len, head_dim)
+        n = batch_size * num_kv_heads * max_len * head_dim
+        if len(buffers) % 2 or any(b.dim() != 1 or b.numel() < n for b in buffers):
+            raise ValueError(f"on_buffers needs an even number of flat buffers of >= {n} elements")
+        cache = cls.__new__(cls)
+        views = [b[:n].view(shape) for b in buffers]
+        cache.k, cache.v = views[0::2], views[1::2]
+        cache.max_len, cache.length = max_len, 0
+        return cache
+
     @property
     def batch_size(self) -> int:
         return self.k[0].shape[0]

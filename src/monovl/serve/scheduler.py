@@ -5,9 +5,9 @@ Each turn of the loop (`Scheduler._turn`):
    prefill list and the running batch, so their KV memory is free before any more work;
 2. admits queued requests while the number of sequences is under `max_num_seqs` and the KV budget
    holds the cache the batch would need with them (`RunningBatch.footprint`);
-3. prefills at most `prefill_chunk` prompt tokens, oldest admitted request first (the end of one
-   prompt and the start of the next can share a turn); a request whose prompt is done samples its
-   first token and joins the running batch;
+3. prefills at most `prefill_chunk` prompt tokens, oldest admitted request first (whole prompts
+   share a turn while they fit; a prompt is only cut where it is longer than a chunk); a request
+   whose prompt is done samples its first token and joins the running batch;
 4. runs one decode step for every running sequence.
 So a running stream waits at most one chunk of prefill between two of its tokens, however long
 the prompt that arrived. Requests beyond the queue limit are refused (`QueueFull`, HTTP 503).
@@ -120,11 +120,11 @@ class Scheduler:
         self.model = model
         self.max_num_seqs, self.max_queue = max_num_seqs, max_queue
         self.kv_budget_tokens, self.prefill_chunk = kv_budget_tokens, prefill_chunk
-        self.batch = RunningBatch(model, cpu_decode, kernels)
+        self.batch = RunningBatch(model, cpu_decode, kernels, max_rows=max_num_seqs, max_tokens=kv_budget_tokens)
         self.on_first_token, self.on_finish = on_first_token, on_finish
         self._waiting: collections.deque[Handle] = collections.deque()
         self._prefilling: list[Handle] = []
-        self._running: list[Handle] = []  # in the order of self.batch.rows
+        self._running: list[Handle] = []  # the keys of self.batch.rows, in its order
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -263,11 +263,16 @@ class Scheduler:
             self._prefilling.append(h)
 
     def _turn(self) -> None:
-        # Prefill: up to `prefill_chunk` prompt tokens in all, oldest request first; several short
-        # prompts can be finished in one turn, a long one takes as many turns as it has chunks.
+        # Prefill: up to `prefill_chunk` prompt tokens in all, oldest request first. Prompts that fit
+        # the turn's budget whole share it; one that does not waits for the next turn, which starts
+        # with it and cuts it only where it is longer than a chunk. (Cutting a prompt that would fit
+        # a turn makes it slower for nothing: a 360-token cpu-420m prompt took 0.39 s in two pieces
+        # against 0.335 s whole, 2-core Intel Xeon.)
         budget, running_before = self.prefill_chunk, len(self._running)
         while self._prefilling and budget > 0:
             h = self._prefilling[0]
+            if budget < self.prefill_chunk and h.prefill.length - h.prefill.pos > budget:
+                break
             before = h.prefill.pos
             try:
                 logits = h.prefill.step(budget)
@@ -283,9 +288,9 @@ class Scheduler:
             token = self._sample(h, logits)
             cache, h.prefill = h.prefill.cache, None
             if self._accept(h, token):
-                self._running.append(h)
-                self.batch.rebuild(list(range(len(self._running) - 1)),
-                                   [(Row(h.id, cache.length, h.request.max_tokens - h.generated, token), cache)])
+                self.batch.rebuild(list(range(len(self.batch))),
+                                   [(Row(h, cache.length, h.request.max_tokens - h.generated, token), cache)])
+                self._running = [row.key for row in self.batch.rows]
         if budget < self.prefill_chunk:
             self._note("prefill", self.prefill_chunk - budget, running_before)
         if self._running:
@@ -303,9 +308,8 @@ class Scheduler:
                 self._remove_rows(finished)
 
     def _remove_rows(self, indices: set[int]) -> None:
-        keep = [i for i in range(len(self._running)) if i not in indices]
-        self._running = [self._running[i] for i in keep]
-        self.batch.rebuild(keep)
+        self.batch.rebuild([i for i in range(len(self._running)) if i not in indices])
+        self._running = [row.key for row in self.batch.rows]  # the batch may have reordered its rows
 
     def _sample(self, h: Handle, logits: torch.Tensor) -> int:
         return int(next_tokens(logits, h.request.sampling, None, h.generator)[0])
