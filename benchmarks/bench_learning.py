@@ -25,8 +25,9 @@ to N of the tasks about every training image.
 
 `--tasks word` (or a cycle with word, count) trains the rungs of monovl/demo/single.py; `--words N`
 sets the reading vocabulary (the world's first N training words; the demo's is 24), and
-`--plain-words` draws every word in one font, black on a white square, unrotated (the rung below the
-world's renders).
+`--word-style` how words are drawn, a ladder of render variety (single.WORD_STYLES): `plain` (one
+font, black on a white square, unrotated), `fonts` (+ the world's 8 font styles), `inks` (+ its 4
+inks and its backgrounds), `world` (the world's renders, the default: + aspect, scale, size, rotation).
 
 `--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
 object colour: where a skill fails (shape on yellow objects, say).
@@ -93,9 +94,9 @@ def main() -> None:
     ap.add_argument("--words", type=int, default=len(single.RUNG_WORDS),
                     help="with --scene demo: the reading vocabulary of word scenes, the world's first N training "
                          f"words (default {len(single.RUNG_WORDS)}, single.RUNG_WORDS; at most {len(TRAIN_WORDS)})")
-    ap.add_argument("--plain-words", action="store_true",
-                    help="with --scene demo: draw word scenes plainly, in training and evaluation (one font, black "
-                         "on a white square, no rotation: single.WordScenes(plain=True))")
+    ap.add_argument("--word-style", choices=single.WORD_STYLES, default="world",
+                    help="with --scene demo: how word scenes are drawn, in training and evaluation "
+                         "(single.WordScenes.style; default: the world's renders)")
     ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
                     help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
                          "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); "
@@ -127,9 +128,9 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.words <= len(TRAIN_WORDS):
         ap.error(f"--words must be 1-{len(TRAIN_WORDS)}, got {args.words}")
-    if args.plain_words and args.scene != "demo":
-        ap.error("--plain-words draws the word scenes of --scene demo; the other scenes have their own")
-    word_scenes = single.WordScenes(TRAIN_WORDS[:args.words], plain=args.plain_words)  # training and evaluation
+    if args.word_style != "world" and args.scene != "demo":
+        ap.error("--word-style draws the word scenes of --scene demo; the other scenes have their own")
+    word_scenes = single.WordScenes(TRAIN_WORDS[:args.words], style=args.word_style)  # training and evaluation
     if args.questions is None:
         args.questions = (sp.questions or plan.questions) if args.scene == "demo" else 1
 
@@ -147,7 +148,7 @@ def main() -> None:
         cycle = tuple(args.tasks.split(",")) if args.tasks else sp.tasks or plan.tasks
         tasks = list(SINGLE_TASKS) + [t for t in RUNG_TASKS if t in cycle]
         folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}-w{args.words}"
-        folder = folder.with_name(folder.name + "-plain") if args.plain_words else folder
+        folder = folder.with_name(f"{folder.name}-{args.word_style}") if args.word_style != "world" else folder
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,
                                 shape_share=sp.shape_share, balanced_position=sp.balanced_position,

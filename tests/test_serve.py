@@ -295,7 +295,7 @@ def test_rows_join_and_leave_the_running_batch_in_place_and_each_decodes_as_alon
     expected = {k: Engine(model, cpu_decode=cpu_decode).generate(torch.tensor([p]), max_new_tokens=new[k],
                                                                 stop_token_ids=[])[0].tolist()
                 for k, p in prompts.items()}
-    batch = RunningBatch(model, cpu_decode, max_rows=4, max_tokens=4 * 48)
+    batch = RunningBatch(model, cpu_decode, max_rows=4)
     calls = {"in place": 0, "new cache": 0}
     for method, name in (("_update_in_place", "in place"), ("_copy_to_new_cache", "new cache")):
         def spy(*args, _f=getattr(batch, method), _name=name):
@@ -309,14 +309,14 @@ def test_rows_join_and_leave_the_running_batch_in_place_and_each_decodes_as_alon
         token = int(prefill.step().argmax(-1))
         got[name] = [token]
         batch.rebuild(list(range(len(batch))), [(Row(name, prefill.cache.length, new[name] - 1, token),
-                                                 prefill.cache)])
+                                                 prefill.cache)], room=4 * 48)
 
     def step():
         logits = batch.step()
         for row, token in zip(batch.rows, logits.argmax(-1).tolist()):
             got[row.key].append(token)
             row.token = token
-        batch.rebuild([i for i, row in enumerate(batch.rows) if len(got[row.key]) < new[row.key]])
+        batch.rebuild([i for i, row in enumerate(batch.rows) if len(got[row.key]) < new[row.key]], room=4 * 48)
 
     for event in ["a", 2, "b", "c", 1, "d", 4, "e", "f", "g", 40]:
         if isinstance(event, str):

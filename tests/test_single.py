@@ -284,7 +284,7 @@ def test_plain_word_scenes_draw_a_chosen_vocabulary_in_one_style_inside_a_white_
     from monovl.demo.single import PLAIN_WORD_FONT, PLAIN_WORD_PX, WordScenes, rung_record, write_eval_set
 
     words = world.TRAIN_WORDS[:8]
-    plain = WordScenes(words, plain=True)
+    plain = WordScenes(words, style="plain")
 
     train = [rung_record("word", i, seed=0, word_scenes=plain) for i in range(120)]
     evals = [rung_record("word", i, seed=1, all_pairs=True, word_scenes=plain) for i in range(120)]
@@ -308,6 +308,35 @@ def test_plain_word_scenes_draw_a_chosen_vocabulary_in_one_style_inside_a_white_
         assert 0.02 < (img < 100).mean() < 0.3  # black ink, the whole word on the canvas
     with pytest.raises(ValueError, match="training words"):
         WordScenes(world.HELDOUT_WORDS[:2])
+    with pytest.raises(ValueError, match="unknown word-scene style"):
+        WordScenes(words, style="fancy")
+
+
+def test_word_styles_between_plain_and_the_world_add_one_kind_of_variety_each():
+    from monovl.demo.render import FONT_STYLES, TEXT_COLORS
+    from monovl.demo.single import PLAIN_WORD_PX, WordScenes, rung_record
+
+    words = world.TRAIN_WORDS[:8]
+
+    def metas(style):
+        return [rung_record("word", i, seed=0, word_scenes=WordScenes(words, style))["meta"] for i in range(200)]
+
+    def seen(ms, key):
+        return {m.get(key) for m in ms}
+
+    fonts, inks, world_ = metas("fonts"), metas("inks"), metas("world")
+    for m in fonts + inks:  # still square, nominal scale, unrotated, plain sizes
+        assert (m["aspect"], m["scale"], m["angle"]) == (1.0, 1.0, 0.0)
+        assert PLAIN_WORD_PX[0] / 224 - 1e-4 <= m["size"] <= PLAIN_WORD_PX[1] / 224 + 1e-4
+    # fonts: every font style, still black on flat white
+    assert seen(fonts, "font") == set(FONT_STYLES) and seen(fonts, "color") == {"black"}
+    assert seen(fonts, "bg") == {"white"} and seen(fonts, "bg_style") == {"flat"}
+    # inks: every ink and background style as well
+    assert seen(inks, "font") == set(FONT_STYLES) and seen(inks, "color") == set(TEXT_COLORS)
+    assert seen(inks, "bg_style") == {"flat", "gradient", "noise"} and len(seen(inks, "bg")) > 3
+    # world: the rest (aspect, rotation, sizes beyond the plain range)
+    assert len(seen(world_, "aspect")) > 5 and len(seen(world_, "angle")) > 5
+    assert max(m["size"] for m in world_) > PLAIN_WORD_PX[1] / 224
     with pytest.raises(ValueError, match="training words"):
         WordScenes(())
 

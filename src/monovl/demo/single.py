@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import world
-from .render import EXTRA_FILLS, EXTRA_SHAPES, render_scene, text_extent
+from .render import EXTRA_FILLS, EXTRA_SHAPES, FONT_STYLES, TEXT_COLORS, render_scene, text_extent
 
 SINGLE_TASKS = ("color", "shape", "position")
 
@@ -138,44 +138,55 @@ def single_object_record(task: str, index: int, seed: int, heldout: bool, radius
 # - count: 1-4 objects, every one large (world.LARGE_RADIUS, 0.12-0.15 of the shorter side, one per
 #   3x3 cell, so none overlap), any colours and shapes; the question asks for the total;
 # - word: one word of RUNG_WORDS as the world draws it (8 font styles, 40-90% of the width, rotated up to
-#   8 degrees in half the images, any background), or another vocabulary, drawn plainly, through
-#   WordScenes (bench_learning.py --words, --plain-words).
+#   8 degrees in half the images, any background), or another vocabulary and a plainer style, through
+#   WordScenes (bench_learning.py --words, --word-style).
 # The goal is reading training words in new renders, so evaluation draws the same vocabulary at
 # another seed: new fonts, sizes, angles and places for known words.
 RUNG_TASKS = ("count", "word")
 # The vocabulary the full demo reads: the world's first 24 training words. With all 276 (~2 renders
 # per word in 600 scenes) no word was read; 24 were not either, after 800 (README, "--full").
 RUNG_WORDS: tuple[str, ...] = world.TRAIN_WORDS[:24]
-# Plain renders (`WordScenes(plain=True)`): one font, black ink, a flat white square, no rotation.
+# Word-scene styles, a ladder of render variety (`WordScenes.style`), each a superset of the one before:
+# - plain: PLAIN_WORD_FONT, black ink, a flat white 224 px square, never rotated, PLAIN_WORD_PX px
+#   (a letter about two 14 px patches wide), at a random place;
+# - fonts: plain, in any of the world's 8 font styles;
+# - inks: fonts, in any of the world's 4 inks on any of its backgrounds (flat, gradient, noise);
+# - world: the world's renders (world._sample_text), which add canvas aspect and scale, sizes of
+#   40-90% of the width and rotation up to 8 degrees in half the images.
+WORD_STYLES = ("plain", "fonts", "inks", "world")
 PLAIN_WORD_FONT, PLAIN_WORD_PX = "sans-bold", (44, 52)
 
 
 @dataclass(frozen=True)
 class WordScenes:
-    """How word scenes are drawn: `words`, the vocabulary (default RUNG_WORDS); `plain`, every word
-    in PLAIN_WORD_FONT, black, 44-52 px at nominal 224 (a letter about two 14 px patches wide), at a
-    random place on a flat white 224 px square, never rotated, instead of the world's 8 fonts, 4
-    inks, any canvas and up to 8 degrees of rotation. Plain renders are a rung below the world's: 8
+    """How word scenes are drawn: `words`, the vocabulary (default RUNG_WORDS); `style`, one of
+    WORD_STYLES (default "world", the world's renders). Plain renders are a rung below the world's: 8
     words were read from them (50% after 1,200 scenes) and not from the world's renders (4%; README,
-    "--full")."""
+    "--full"); "fonts" and "inks" are the rungs between."""
 
     words: tuple[str, ...] = RUNG_WORDS
-    plain: bool = False
+    style: str = "world"
 
     def __post_init__(self):
         if not self.words or not set(self.words) <= set(world.TRAIN_WORDS):
             raise ValueError("word scenes need a non-empty vocabulary of the world's training words "
                              "(world.TRAIN_WORDS), so that no held-out word is ever trained")
+        if self.style not in WORD_STYLES:
+            raise ValueError(f"unknown word-scene style {self.style!r}; choose from {WORD_STYLES}")
 
-
-def plain_word_scene(rng: random.Random, text: str) -> dict:
-    """A render.render_scene meta of `text` drawn plainly (WordScenes.plain)."""
-    px = rng.randint(*PLAIN_WORD_PX)
-    side = 224
-    x, y = world._place_text(rng, side, side, *text_extent(PLAIN_WORD_FONT, px, text, 0.0))
-    return {"kind": "word", "text": text, "aspect": 1.0, "scale": 1.0, "bg": "white", "bg_style": "flat",
-            "font": PLAIN_WORD_FONT, "color": "black", "size": world._r4(px / side), "angle": 0.0,
-            "x": world._r4(x / side), "y": world._r4(y / side)}
+    def scene(self, rng: random.Random, text: str) -> dict:
+        """A render.render_scene meta of `text` in this style."""
+        if self.style == "world":
+            return world._sample_text(rng, "word", text)
+        font = PLAIN_WORD_FONT if self.style == "plain" else rng.choice(FONT_STYLES)
+        canvas, color = {"bg": "white", "bg_style": "flat"}, "black"
+        if self.style == "inks":
+            canvas = {k: v for k, v in world._sample_canvas(rng).items() if k not in ("aspect", "scale")}
+            color = rng.choice(tuple(TEXT_COLORS))
+        px, side = rng.randint(*PLAIN_WORD_PX), 224
+        x, y = world._place_text(rng, side, side, *text_extent(font, px, text, 0.0))
+        return {"kind": "word", "text": text, "aspect": 1.0, "scale": 1.0, **canvas, "font": font, "color": color,
+                "size": world._r4(px / side), "angle": 0.0, "x": world._r4(x / side), "y": world._r4(y / side)}
 
 
 def rung_record(task: str, index: int, seed: int, all_pairs: bool = False,
@@ -192,7 +203,7 @@ def rung_record(task: str, index: int, seed: int, all_pairs: bool = False,
         question, answer = rng.choice(world._COUNT_Q), str(len(meta["objects"]))
     else:
         text = rng.choice(word_scenes.words)
-        meta = plain_word_scene(rng, text) if word_scenes.plain else world._sample_text(rng, "word", text)
+        meta = word_scenes.scene(rng, text)
         question, answer = rng.choice(world._WORD_Q), meta["text"]
     return {"id": f"{task}-{index:06d}", "task": task, "answer": answer, "meta": meta,
             "conversations": world._conversation([(question, answer, True)])}

@@ -149,15 +149,13 @@ class RunningBatch:
     """Decoding sequences sharing one right-aligned KV cache (see the module docstring).
 
     `cpu_decode`/`kernels` mean what they mean for `Engine`: None picks the fused CPU step for an
-    fp32 model on CPU, False forces the module path. `max_rows` and `max_tokens` (KV token slots)
-    bound the headroom a new cache is given for rows to join later; the cache is never smaller than
-    its rows need."""
+    fp32 model on CPU, False forces the module path. `max_rows` bounds the row slots a new cache is
+    given for rows to join later."""
 
     def __init__(self, model: MonoInternVL, cpu_decode: bool | None = None,
-                 kernels: NativeKernels | TorchKernels | None = None, max_rows: int = 1,
-                 max_tokens: int = 0):
+                 kernels: NativeKernels | TorchKernels | None = None, max_rows: int = 1):
         self.model = model
-        self.max_rows, self.max_tokens = max_rows, max_tokens  # headroom limits of `_allocate`
+        self.max_rows = max_rows
         self.rows: list[Row] = []
         self.cache: KVCache | None = None
         self.mask: torch.Tensor | None = None  # [B, L] bool, True = real token
@@ -187,8 +185,10 @@ class RunningBatch:
         return 0 if self.cache is None else self._buffers[0].numel() // self._row_numel(1)
 
     @torch.inference_mode()
-    def rebuild(self, keep: list[int], joining: list[tuple[Row, KVCache]] = ()) -> None:
+    def rebuild(self, keep: list[int], joining: list[tuple[Row, KVCache]] = (), room: int = 0) -> None:
         """Keep the rows at indices `keep`, add `joining` rows (each with its own filled batch-1 cache).
+        `room`: the KV token slots a new cache may take, headroom included (it never takes less than
+        its rows need; 0, no headroom).
 
         Afterwards `rows` holds exactly those rows, in an order of this method's choosing (callers
         match rows by `Row.key`). Where the cache has room (every joining row no longer than the
@@ -206,7 +206,7 @@ class RunningBatch:
                 and len(rows) <= self._buffers[0].numel() // self._row_numel(cache.max_len)):
             self._update_in_place(keep, joining)
         else:
-            self._copy_to_new_cache(keep, joining)
+            self._copy_to_new_cache(keep, joining, room)
 
     def _row_numel(self, capacity: int) -> int:
         cfg = self.model.config.llm
@@ -238,12 +238,12 @@ class RunningBatch:
             order.append(row)
         self.rows, self.cache, self.mask = order, resized, mask
 
-    def _copy_to_new_cache(self, keep: list[int], joining: list[tuple[Row, KVCache]]) -> None:
+    def _copy_to_new_cache(self, keep: list[int], joining: list[tuple[Row, KVCache]], room: int) -> None:
         sources = [(self.rows[i], self.cache, i) for i in keep] + [(row, c, 0) for row, c in joining]
         self.rows = [row for row, _, _ in sources]
         length = max(row.length for row in self.rows)
         self._buffers = []  # the old cache is read below through `sources`; drop this handle first
-        cache = self._allocate(len(sources), length, max(max(row.remaining for row in self.rows), 1))
+        cache = self._allocate(len(sources), length, max(max(row.remaining for row in self.rows), 1), room)
         cache.length = length
         mask = torch.zeros(len(sources), length, dtype=torch.bool, device=self.model.device)
         for j, (row, src, i) in enumerate(sources):
@@ -261,15 +261,15 @@ class RunningBatch:
                 dst_t[layer][j, :, :length - n].zero_()
                 dst_t[layer][j, :, length - n:length] = src_t[layer][i, :, end - n:end]
 
-    def _allocate(self, rows: int, length: int, remaining: int) -> KVCache:
+    def _allocate(self, rows: int, length: int, remaining: int, room: int) -> KVCache:
         """A cache for `rows` rows of `length` filled columns that will take `remaining` more, with
         headroom so that later rows can join in place: as many columns again as `remaining` (up to
         that many decode steps later a row needing as many feeds still fits) and row slots up to
-        `max_rows`, both only as far as `max_tokens` allows."""
+        `max_rows`, both only as far as `room` allows."""
         cfg = self.model.config.llm
         need = length + remaining
-        capacity = max(need, min(need + remaining, self.max_tokens // rows))
-        slots = max(rows, min(self.max_rows, self.max_tokens // capacity))
+        capacity = max(need, min(need + remaining, room // rows))
+        slots = max(rows, min(self.max_rows, room // capacity))
         numel = slots * self._row_numel(capacity)
         self._buffers = [torch.empty(numel, dtype=self.model.dtype, device=self.model.device)
                          for _ in range(2 * cfg.num_hidden_layers)]

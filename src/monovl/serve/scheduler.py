@@ -120,7 +120,7 @@ class Scheduler:
         self.model = model
         self.max_num_seqs, self.max_queue = max_num_seqs, max_queue
         self.kv_budget_tokens, self.prefill_chunk = kv_budget_tokens, prefill_chunk
-        self.batch = RunningBatch(model, cpu_decode, kernels, max_rows=max_num_seqs, max_tokens=kv_budget_tokens)
+        self.batch = RunningBatch(model, cpu_decode, kernels, max_rows=max_num_seqs)
         self.on_first_token, self.on_finish = on_first_token, on_finish
         self._waiting: collections.deque[Handle] = collections.deque()
         self._prefilling: list[Handle] = []
@@ -234,6 +234,12 @@ class Scheduler:
         return RunningBatch.footprint([h.prompt_tokens for h in pending] + [r.length for r in rows],
                                       [h.request.max_tokens for h in pending] + [r.remaining for r in rows])
 
+    def _room(self) -> int:
+        """KV token slots the running batch's cache may take: the budget less the prompts being prefilled."""
+        pending = self._prefilling
+        return self.kv_budget_tokens - RunningBatch.footprint([h.prompt_tokens for h in pending],
+                                                              [h.request.max_tokens for h in pending])
+
     def _drop_cancelled(self) -> None:
         for h in [h for h in self._waiting if h.cancelled]:
             self._waiting.remove(h)
@@ -289,7 +295,8 @@ class Scheduler:
             cache, h.prefill = h.prefill.cache, None
             if self._accept(h, token):
                 self.batch.rebuild(list(range(len(self.batch))),
-                                   [(Row(h, cache.length, h.request.max_tokens - h.generated, token), cache)])
+                                   [(Row(h, cache.length, h.request.max_tokens - h.generated, token), cache)],
+                                   self._room())
                 self._running = [row.key for row in self.batch.rows]
         if budget < self.prefill_chunk:
             self._note("prefill", self.prefill_chunk - budget, running_before)
@@ -308,7 +315,7 @@ class Scheduler:
                 self._remove_rows(finished)
 
     def _remove_rows(self, indices: set[int]) -> None:
-        self.batch.rebuild([i for i in range(len(self._running)) if i not in indices])
+        self.batch.rebuild([i for i in range(len(self._running)) if i not in indices], room=self._room())
         self._running = [row.key for row in self.batch.rows]  # the batch may have reordered its rows
 
     def _sample(self, h: Handle, logits: torch.Tensor) -> int:
