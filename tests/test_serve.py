@@ -22,6 +22,7 @@ import threading
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
@@ -701,3 +702,21 @@ def test_chat_page_in_headless_chromium(live, media_dir, tmp_path):
     finally:
         browser.close()
     wait_idle(live)
+
+
+def test_a_server_binary_that_never_gets_healthy_is_killed_with_its_workers(tmp_path):
+    """`monovl.vllm.start_server` (how the vLLM tests and `bench_serve.py --vllm` start `vllm serve`)
+    gives up after its timeout and leaves no process behind, workers included."""
+    from monovl.vllm import start_server
+
+    child = tmp_path / "child.pid"
+    fake = tmp_path / "fake-vllm"
+    fake.write_text(f"#!/bin/sh\nsleep 300 &\necho $! > {child}\nwait\n")  # a worker; /health never answers
+    fake.chmod(0o755)
+    with pytest.raises(RuntimeError, match="not healthy after 2 s"):
+        start_server(fake, tmp_path, [], tmp_path / "serve.log", timeout=2)
+    pid = int(child.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and "State:\tZ" not in Path(f"/proc/{pid}/status").read_text():
+        assert time.monotonic() < deadline, "the server's worker outlived it"
+        time.sleep(0.05)

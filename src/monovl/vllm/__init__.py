@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -81,15 +82,17 @@ def start_server(binary: str | os.PathLike, model_dir: str | os.PathLike, args: 
     wait until `/health` answers 200; returns (process, base URL of the OpenAI API, ".../v1").
 
     Raises RuntimeError, with the end of the log, if the server exits first or is not healthy within
-    `timeout` seconds (the process is then killed). `env` replaces the environment (default: inherited).
-    Used by the vLLM tests and `benchmarks/bench_serve.py --vllm`; stop it with `stop_server`."""
+    `timeout` seconds (the server and every process it started are then killed and reaped). `env`
+    replaces the environment (default: inherited). The server runs in a session of its own, so that
+    its workers (vLLM's engine core) go with it. Used by the vLLM tests and
+    `benchmarks/bench_serve.py --vllm`; stop it with `stop_server`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     log_path = Path(log_path)
     cmd = [str(binary), "serve", str(model_dir), "--port", str(port), *args]
     with open(log_path, "w") as log:  # the child keeps its own handle
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
@@ -102,17 +105,26 @@ def start_server(binary: str | os.PathLike, model_dir: str | os.PathLike, args: 
         except (urllib.error.URLError, OSError):
             pass
         if time.monotonic() > deadline:
-            proc.kill()
+            _kill_session(proc)
             raise RuntimeError(f"{binary} serve was not healthy after {timeout:.0f} s; end of {log_path}:\n"
                                f"{log_path.read_text()[-4000:]}")
         time.sleep(1)
 
 
 def stop_server(proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    """Terminate a server from `start_server`, killing it if it has not exited after `timeout` s."""
+    """Terminate a server from `start_server` (SIGTERM: it shuts its workers down), killing it and
+    every process of its session if it has not exited after `timeout` s."""
     proc.terminate()
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        _kill_session(proc)
+
+
+def _kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL every process of `proc`'s session (it leads one: start_new_session), then reap it."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # already gone
+        pass
+    proc.wait()
