@@ -31,6 +31,18 @@ def test_linear(native, rows, out, bias):
     torch.testing.assert_close(acc, expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_rows_product_does_not_depend_on_the_batch_it_is_in(native):
+    """The fp32 products sum each dot product in one order whatever the number of rows (the kernel
+    takes several rows at a time where it can): a row alone and the same row in a batch of 16 give
+    the same bits."""
+    x, w = randn(16, 1000), randn(37, 1000, seed=1)  # 1000: a tail after the vector lanes
+    batched = native.linear(x, w)
+    for i in (0, 3, 7, 15):
+        assert torch.equal(native.linear(x[i:i + 1], w)[0], batched[i])
+    assert torch.equal(native.linear(x[5:10], w), batched[5:10])
+    torch.testing.assert_close(batched, x @ w.t(), rtol=1e-5, atol=1e-4)
+
+
 def test_linear_above_the_native_row_limit_uses_torch(native):
     x, w = randn(decode_kernels.NATIVE_MAX_ROWS + 1, 16), randn(9, 16, seed=1)
     torch.testing.assert_close(native.linear(x, w), x @ w.t(), rtol=1e-5, atol=1e-5)

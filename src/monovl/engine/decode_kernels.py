@@ -9,7 +9,8 @@ by memory bandwidth. PyTorch's ops leave a gap there on a small CPU:
   6-9 GB/s, about 0.5 ms per layer at 1k cached tokens for a 420M model on the dev machine;
 - each small op (RMSNorm, rotary, cache write) costs 5-45 us of dispatch for a few KB of work.
 
-`csrc/decode_kernels.cpp` fuses these: products read four weight rows at a time across the cores,
+`csrc/decode_kernels.cpp` fuses these: products read four weight rows at a time across the cores
+(and, for several decode rows, multiply them into up to 4 rows of x per pass: 16 lanes with AVX-512),
 SwiGLU does both of its products in one pass, attention reads each key and value once for all
 the query heads of its group as four streams, and norm, rotary and cache write are single calls.
 It is compiled on first use with `torch.utils.cpp_extension` into `~/.cache/monovl/kernels`
@@ -52,10 +53,12 @@ BANDWIDTH_BOUND_ROWS = 8
 # 2026-12-04, 2-core AMD EPYC with AVX-512), so a batch of 16 decodes on them.
 NATIVE_MAX_ROWS = 16
 # From this many rows a decode step runs its products on the model's weights packed for oneDNN
-# (`PackedProducts`) where it has them. On a 2-core Intel Xeon with AVX-512 (2026-12-05,
-# benchmarks/bench_decode_rows.py, cpu-420m shapes) the native products took 0.98-1.27x the packed
-# ones' time at 4 rows, 1.27-1.44x at 8 and 1.57-1.84x at 16 (the native kernels use AVX2 only),
-# and 0.69-1.08x at 1-2 rows, where the native products stay.
+# (`PackedProducts`) where it has them. On a 2-core Intel Xeon with AVX-512 (2026-12-05, cpu-420m):
+# a whole decode step took 0.91-0.98x the native step's time at 4, 8 and 16 rows, alternating runs
+# (64.0-65.2 against 68.6-68.8 ms at 16 rows); per product (benchmarks/bench_decode_rows.py) the
+# native ones took 0.83-1.32x the packed ones' time at 4-16 rows (head 1.10-1.15x) and 0.73-1.04x at
+# 1-2 rows, where the native products stay. Before the native products took several x rows per pass
+# (csrc/decode_kernels.cpp, `dot4_fp32`) they took 1.57-1.84x at 16 rows.
 PACKED_MIN_ROWS = 4
 
 
@@ -196,8 +199,11 @@ class PackedProducts:
 
 def _compiler_flags() -> list[str]:
     flags = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for runs on PyTorch's own thread pool
-    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability in ("AVX2", "AVX512"):
         flags += ["-mavx2", "-mfma"]
+    if capability == "AVX512":  # the fp32 products' 16-lane path (the build folder is per flag set)
+        flags += ["-mavx512f"]
     return flags
 
 
