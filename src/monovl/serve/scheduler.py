@@ -124,7 +124,6 @@ class Scheduler:
         self.on_first_token, self.on_finish = on_first_token, on_finish
         self._waiting: collections.deque[Handle] = collections.deque()
         self._prefilling: list[Handle] = []
-        self._running: list[Handle] = []  # the keys of self.batch.rows, in its order
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -197,6 +196,11 @@ class Scheduler:
         """Sequences holding KV memory: being prefilled or decoding."""
         return len(self._prefilling) + len(self._running)
 
+    @property
+    def _running(self) -> list[Handle]:
+        """The decoding requests, in the order of the batch's rows (a rebuild may reorder them)."""
+        return [row.key for row in self.batch.rows]
+
     def kv_tokens_reserved(self) -> int:
         return self._footprint()
 
@@ -213,7 +217,7 @@ class Scheduler:
                 if self._abort_all:
                     for h in self._prefilling + self._running:
                         self._finish(h, Failed("the server shut down before this request finished"))
-                    self._prefilling, self._running = [], []
+                    self._prefilling = []
                     self.batch.rebuild([])
                     return
                 self._drop_cancelled()
@@ -224,7 +228,7 @@ class Scheduler:
                 log.exception("scheduler step failed")
                 for h in self._prefilling + self._running:
                     self._finish(h, Failed(f"internal error: {type(exc).__name__}: {exc}"))
-                self._prefilling, self._running = [], []
+                self._prefilling = []
                 self.batch.rebuild([])
 
     def _footprint(self, extra: list[Handle] = ()) -> int:
@@ -247,10 +251,10 @@ class Scheduler:
         for h in [h for h in self._prefilling if h.cancelled]:
             self._prefilling.remove(h)
             self._finish(h, Finished("abort", h.generated))
-        gone = [i for i, h in enumerate(self._running) if h.cancelled]
+        gone = {i: h for i, h in enumerate(self._running) if h.cancelled}
         if gone:
-            for i in gone:
-                self._finish(self._running[i], Finished("abort", self._running[i].generated))
+            for h in gone.values():
+                self._finish(h, Finished("abort", h.generated))
             self._remove_rows(set(gone))
 
     def _admit(self) -> None:
@@ -297,7 +301,6 @@ class Scheduler:
                 self.batch.rebuild(list(range(len(self.batch))),
                                    [(Row(h, cache.length, h.request.max_tokens - h.generated, token), cache)],
                                    self._room())
-                self._running = [row.key for row in self.batch.rows]
         if budget < self.prefill_chunk:
             self._note("prefill", self.prefill_chunk - budget, running_before)
         if self._running:
@@ -315,8 +318,7 @@ class Scheduler:
                 self._remove_rows(finished)
 
     def _remove_rows(self, indices: set[int]) -> None:
-        self.batch.rebuild([i for i in range(len(self._running)) if i not in indices], room=self._room())
-        self._running = [row.key for row in self.batch.rows]  # the batch may have reordered its rows
+        self.batch.rebuild([i for i in range(len(self.batch)) if i not in indices], room=self._room())
 
     def _sample(self, h: Handle, logits: torch.Tensor) -> int:
         return int(next_tokens(logits, h.request.sampling, None, h.generator)[0])
