@@ -28,9 +28,14 @@ sets the reading vocabulary (the world's first N training words; the demo's is 2
 `--word-style` how words are drawn, a ladder of render variety (single.WORD_STYLES): `plain` (one
 font, black on a white square, unrotated), `fonts` (+ the world's 8 font styles), `inks` (+ its 4
 inks and its backgrounds), `world` (the world's renders, the default: + aspect, scale, size, rotation).
+`--word-fonts a,b` draws the fonts and inks rungs in those font styles only (a gentler rung: 3 fonts
+between plain and 8 took 8-font reading from 32% to 43%, and the ladder plain, 3 fonts, 8 fonts, inks, world
+reads 52% of the world's renders of 8 words; README, "--full").
 
 `--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
-object colour: where a skill fails (shape on yellow objects, say).
+object colour: where a skill fails (shape on yellow objects, say). `--by-font` scores the final
+model on 4 x `--eval-per-task` new word renders, per font style. `--steps 0 --base DIR` trains
+nothing and scores DIR (e.g. `--steps 0 --base DIR --tasks word --word-style fonts --by-font`).
 
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
 learning: a flat curve at the answer prior with `swap_tv` near 0 means the model is not looking.
@@ -97,6 +102,9 @@ def main() -> None:
     ap.add_argument("--word-style", choices=single.WORD_STYLES, default="world",
                     help="with --scene demo: how word scenes are drawn, in training and evaluation "
                          "(single.WordScenes.style; default: the world's renders)")
+    ap.add_argument("--word-fonts", default=None,
+                    help="with --word-style fonts or inks: comma-separated font styles to draw from "
+                         f"(single.WordScenes.fonts; default all: {','.join(single.FONT_STYLES)})")
     ap.add_argument("--scene", choices=["demo", "world", "single"], default="demo",
                     help="demo: the default demo's s1.3 data and evaluation (single objects, fully factorized, "
                          "`--questions` per image); world: the full synthetic world's (monovl/demo/world.py); "
@@ -119,6 +127,9 @@ def main() -> None:
     ap.add_argument("--by-color", action="store_true",
                     help="with --scene single or demo: also score the final model on new images of all 24 colour-shape "
                          "pairs (2 x --eval-per-task per task) and break each task down by the object's colour")
+    ap.add_argument("--by-font", action="store_true",
+                    help="with --scene demo and word scenes: also score the final model on 4 x --eval-per-task new "
+                         "word renders of the run's style, by font style (with --steps 0: score --base only)")
     ap.add_argument("--trainable", default=None,
                     help="comma-separated globs replacing the stage preset's trainable parameters "
                          "(e.g. 'vision_model.*,mlp1.*': the patch embedding and mlp1 only)")
@@ -128,9 +139,17 @@ def main() -> None:
     args = ap.parse_args()
     if not 1 <= args.words <= len(TRAIN_WORDS):
         ap.error(f"--words must be 1-{len(TRAIN_WORDS)}, got {args.words}")
+    if args.steps < 0 or (args.steps == 0 and not args.base):
+        ap.error("--steps must be positive, or 0 with --base (score that checkpoint, train nothing)")
+    if args.by_font and (args.scene != "demo" or "word" not in (args.tasks or "").split(",")):
+        ap.error("--by-font scores word scenes: it needs --scene demo and word in --tasks")
     if args.word_style != "world" and args.scene != "demo":
         ap.error("--word-style draws the word scenes of --scene demo; the other scenes have their own")
-    word_scenes = single.WordScenes(TRAIN_WORDS[:args.words], style=args.word_style)  # training and evaluation
+    fonts = tuple(args.word_fonts.split(",")) if args.word_fonts else single.FONT_STYLES
+    try:  # training and evaluation
+        word_scenes = single.WordScenes(TRAIN_WORDS[:args.words], style=args.word_style, fonts=fonts)
+    except ValueError as e:
+        ap.error(str(e))
     if args.questions is None:
         args.questions = (sp.questions or plan.questions) if args.scene == "demo" else 1
 
@@ -149,6 +168,7 @@ def main() -> None:
         tasks = list(SINGLE_TASKS) + [t for t in RUNG_TASKS if t in cycle]
         folder = work / f"demo-{args.image_size}-r{args.radius.replace(',', '-')}-w{args.words}"
         folder = folder.with_name(f"{folder.name}-{args.word_style}") if args.word_style != "world" else folder
+        folder = folder.with_name(f"{folder.name}-{'-'.join(fonts)}") if args.word_fonts else folder
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,
                                 shape_share=sp.shape_share, balanced_position=sp.balanced_position,
@@ -189,6 +209,45 @@ def main() -> None:
     run = out / "run"
     if run.exists():
         shutil.rmtree(run)
+    if args.steps == 0:  # score --base alone
+        final, train_s, metrics, checkpoints = base, 0.0, {}, [(0, base)]
+    else:
+        final, train_s, metrics, checkpoints = train(args, sp, base, data, run)
+    rows = []
+    t_eval = time.perf_counter()
+    for step, path in checkpoints:
+        model, processor = MonoInternVL.from_pretrained(path), MonoProcessor.from_pretrained(path)
+        scores, _ = score_visual(model, processor, items)
+        diag = {k: metrics.get(step, {}).get(k) for k in ("loss", "swap_tv", "img_norm", "text_norm",
+                                                         "img_token_spread", "attn_to_image")}
+        rows.append({"step": step, "samples": step * args.batch_size, **{t: scores.get(t) for t in tasks}, **diag})
+        print(json.dumps(rows[-1]))
+        if path != base and path != final:
+            shutil.rmtree(path)
+    by_color = by_font = None
+    if args.by_font:  # the loop ended on the final model
+        by_font = by_word_font(model, processor, folder, word_scenes, 4 * args.eval_per_task, plan.eval_seed,
+                               args.image_size)
+    if args.by_color and args.scene in ("single", "demo"):  # the loop ended on the final model
+        base_tasks = [t for t in tasks if not t.endswith("_seen")]
+        by_color = by_object_color(model, processor, folder, base_tasks, radius, args, plan.eval_seed)
+    eval_s = time.perf_counter() - t_eval
+    result = {"args": vars(args), "rows": rows, **({"by_color": by_color} if by_color else {}),
+              **({"by_font": by_font} if by_font else {}),
+              "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t0,
+              "eval_items_per_task": args.eval_per_task}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.json").write_text(json.dumps(result, indent=1))
+    scene = ("the demo world" if args.scene == "world" else f"the demo's {args.demo_run} scenes" if args.scene == "demo"
+             else f"single objects (radius {args.radius}{', factorized' if args.factorized else ''})")
+    plot(rows, tasks, out / "learning.png", title=f"{args.stage} on {scene}, {tag}, lr {args.lr:g}"
+         + (f", scale {args.lr_scale}" if args.lr_scale else ""))
+    print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
+          f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
+
+
+def train(args, sp, base: Path, data: Path, run: Path) -> tuple[Path, float, dict[int, dict], list[tuple[int, Path]]]:
+    """Train from `base` on `data` into `run`: (final checkpoint, seconds, metrics by step, checkpoints by step)."""
     # The default demo's s1.3 trains what s1.1 trains (LLM frozen): StagePlan.params_of.
     params_of = sp.params_of if args.stage == "s1.3" and args.scene == "demo" else None
     trainable = list(get_stage(params_of, "v1.5" if args.attention_experts else "v1").trainable) if params_of else None
@@ -202,36 +261,28 @@ def main() -> None:
     t_train = time.perf_counter()
     final = Trainer(cfg).train()
     train_s = time.perf_counter() - t_train
-
     metrics = {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
-    checkpoints = [(0, base)] + step_checkpoints(run) + [(args.steps, final)]
-    rows = []
-    t_eval = time.perf_counter()
-    for step, path in checkpoints:
-        model, processor = MonoInternVL.from_pretrained(path), MonoProcessor.from_pretrained(path)
-        scores, _ = score_visual(model, processor, items)
-        diag = {k: metrics.get(step, {}).get(k) for k in ("loss", "swap_tv", "img_norm", "text_norm",
-                                                         "img_token_spread", "attn_to_image")}
-        rows.append({"step": step, "samples": step * args.batch_size, **{t: scores.get(t) for t in tasks}, **diag})
-        print(json.dumps(rows[-1]))
-        if path != base and path != final:
-            shutil.rmtree(path)
-    by_color = None
-    if args.by_color and args.scene in ("single", "demo"):  # the loop ended on the final model
-        base_tasks = [t for t in tasks if not t.endswith("_seen")]
-        by_color = by_object_color(model, processor, folder, base_tasks, radius, args, plan.eval_seed)
-    eval_s = time.perf_counter() - t_eval
-    result = {"args": vars(args), "rows": rows, **({"by_color": by_color} if by_color else {}),
-              "train_s": train_s, "eval_s": eval_s, "total_s": time.perf_counter() - t0,
-              "eval_items_per_task": args.eval_per_task}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "learning.json").write_text(json.dumps(result, indent=1))
-    scene = ("the demo world" if args.scene == "world" else f"the demo's {args.demo_run} scenes" if args.scene == "demo"
-             else f"single objects (radius {args.radius}{', factorized' if args.factorized else ''})")
-    plot(rows, tasks, out / "learning.png", title=f"{args.stage} on {scene}, {tag}, lr {args.lr:g}"
-         + (f", scale {args.lr_scale}" if args.lr_scale else ""))
-    print(f"wrote {out / 'learning.json'} and {out / 'learning.png'} "
-          f"(train {train_s:.0f} s, eval {eval_s:.0f} s, {args.eval_per_task} items per task)")
+    return final, train_s, metrics, [(0, base)] + step_checkpoints(run) + [(args.steps, final)]
+
+
+def by_word_font(model: MonoInternVL, processor: MonoProcessor, folder: Path, word_scenes: single.WordScenes,
+                 n: int, seed: int, image_size: int) -> dict[str, list[int]]:
+    """{"all" and each font style: [right, asked]} for `model` on `n` new word renders of `word_scenes`."""
+    jsonl = write_eval_set(folder / f"eval_words{n}", ["word"], n, seed=seed, radius=(0.2, 0.4),
+                           image_size=image_size, word_scenes=word_scenes)
+    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    items = load_eval_items(jsonl)
+    preds = generate_answers(model, processor, [(i.question, i.image) for i in items], max_new_tokens=8,
+                             desc="eval words by font")
+    out: dict[str, list[int]] = {"all": [0, 0]}
+    for rec, item, pred in zip(recs, items, preds):
+        for key in ("all", rec["meta"]["font"]):
+            cell = out.setdefault(key, [0, 0])
+            cell[0] += answer_hit(pred, item.answers)
+            cell[1] += 1
+    print(f"word by font (final model, {n} renders): "
+          + ", ".join(f"{f} {r}/{k}" for f, (r, k) in sorted(out.items())))
+    return out
 
 
 def by_object_color(model: MonoInternVL, processor: MonoProcessor, folder: Path, tasks: list[str],

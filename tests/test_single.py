@@ -341,6 +341,27 @@ def test_word_styles_between_plain_and_the_world_add_one_kind_of_variety_each():
         WordScenes(())
 
 
+def test_a_font_subset_narrows_the_fonts_and_inks_rungs_only():
+    from monovl.demo.render import FONT_STYLES
+    from monovl.demo.single import WordScenes, rung_record
+
+    words, two = world.TRAIN_WORDS[:8], ("sans-bold", "serif")
+    for style in ("fonts", "inks"):
+        metas = [rung_record("word", i, seed=0, word_scenes=WordScenes(words, style, fonts=two))["meta"]
+                 for i in range(100)]
+        assert {m["font"] for m in metas} == set(two)
+    # all fonts named explicitly draw exactly the default's records
+    assert (rung_record("word", 3, 0, word_scenes=WordScenes(words, "fonts", fonts=FONT_STYLES))
+            == rung_record("word", 3, 0, word_scenes=WordScenes(words, "fonts")))
+    with pytest.raises(ValueError, match="subset"):
+        WordScenes(words, "fonts", fonts=("comic-sans",))
+    with pytest.raises(ValueError, match="subset"):
+        WordScenes(words, "fonts", fonts=())
+    for style in ("plain", "world"):
+        with pytest.raises(ValueError, match="not '"):
+            WordScenes(words, style, fonts=two)
+
+
 def test_count_and_word_scenes_are_s1_3_only_and_continue_its_indices():
     from monovl.demo.single import curriculum_record, rung_record
 

@@ -149,7 +149,7 @@ RUNG_WORDS: tuple[str, ...] = world.TRAIN_WORDS[:24]
 # Word-scene styles, a ladder of render variety (`WordScenes.style`), each a superset of the one before:
 # - plain: PLAIN_WORD_FONT, black ink, a flat white 224 px square, never rotated, PLAIN_WORD_PX px
 #   (a letter about two 14 px patches wide), at a random place;
-# - fonts: plain, in any of the world's 8 font styles;
+# - fonts: plain, in any of the world's 8 font styles (or a subset of them: WordScenes.fonts);
 # - inks: fonts, in any of the world's 4 inks on any of its backgrounds (flat, gradient, noise);
 # - world: the world's renders (world._sample_text), which add canvas aspect and scale, sizes of
 #   40-90% of the width and rotation up to 8 degrees in half the images.
@@ -160,12 +160,15 @@ PLAIN_WORD_FONT, PLAIN_WORD_PX = "sans-bold", (44, 52)
 @dataclass(frozen=True)
 class WordScenes:
     """How word scenes are drawn: `words`, the vocabulary (default RUNG_WORDS); `style`, one of
-    WORD_STYLES (default "world", the world's renders). Plain renders are a rung below the world's: 8
+    WORD_STYLES (default "world", the world's renders); `fonts`, the font styles that "fonts" and "inks"
+    draw from (default all 8 of render.FONT_STYLES). Plain renders are a rung below the world's: 8
     words were read from them (50% after 1,200 scenes) and not from the world's renders (4%; README,
-    "--full"); "fonts" and "inks" are the rungs between."""
+    "--full"); "fonts" and "inks" are the rungs between. Raises ValueError on words outside
+    world.TRAIN_WORDS, an unknown style or font, or `fonts` with a style that does not use them."""
 
     words: tuple[str, ...] = RUNG_WORDS
     style: str = "world"
+    fonts: tuple[str, ...] = FONT_STYLES
 
     def __post_init__(self):
         if not self.words or not set(self.words) <= set(world.TRAIN_WORDS):
@@ -173,12 +176,16 @@ class WordScenes:
                              "(world.TRAIN_WORDS), so that no held-out word is ever trained")
         if self.style not in WORD_STYLES:
             raise ValueError(f"unknown word-scene style {self.style!r}; choose from {WORD_STYLES}")
+        if not self.fonts or not set(self.fonts) <= set(FONT_STYLES):
+            raise ValueError(f"word-scene fonts must be a non-empty subset of {FONT_STYLES}, got {self.fonts}")
+        if self.fonts != FONT_STYLES and self.style not in ("fonts", "inks"):
+            raise ValueError(f"a font subset is drawn by the 'fonts' and 'inks' styles, not {self.style!r}")
 
     def scene(self, rng: random.Random, text: str) -> dict:
         """A render.render_scene meta of `text` in this style."""
         if self.style == "world":
             return world._sample_text(rng, "word", text)
-        font = PLAIN_WORD_FONT if self.style == "plain" else rng.choice(FONT_STYLES)
+        font = PLAIN_WORD_FONT if self.style == "plain" else rng.choice(self.fonts)
         canvas, color = {"bg": "white", "bg_style": "flat"}, "black"
         if self.style == "inks":
             canvas = {k: v for k, v in world._sample_canvas(rng).items() if k not in ("aspect", "scale")}
