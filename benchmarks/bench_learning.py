@@ -30,11 +30,11 @@ font, black on a white square, unrotated), `fonts` (+ the world's 8 font styles)
 inks and its backgrounds), `world` (the world's renders, the default: + aspect, scale, size, rotation).
 `--word-fonts a,b` draws the fonts and inks rungs in those font styles only (a gentler rung: 3 fonts
 between plain and 8 took 8-font reading from 32% to 43%, and the ladder plain, 3 fonts, 8 fonts, inks, world
-reads 52% of the world's renders of 8 words; README, "--full").
+reads 56% of the world's renders of 8 words; README, "--full").
 
 `--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
 object colour: where a skill fails (shape on yellow objects, say). `--by-font` scores the final
-model on 4 x `--eval-per-task` new word renders, per font style. `--steps 0 --base DIR` trains
+model on 4 x `--eval-per-task` new word renders, per font style, canvas shape and angle. `--steps 0 --base DIR` trains
 nothing and scores DIR (e.g. `--steps 0 --base DIR --tasks word --word-style fonts --by-font`).
 
 This shows how many samples each skill needs with a recipe, and catches a recipe that stops
@@ -127,9 +127,14 @@ def main() -> None:
     ap.add_argument("--by-color", action="store_true",
                     help="with --scene single or demo: also score the final model on new images of all 24 colour-shape "
                          "pairs (2 x --eval-per-task per task) and break each task down by the object's colour")
+    ap.add_argument("--first-record", type=int, default=0,
+                    help="with --scene demo: train on records from this index on (default 0; a run started "
+                         "--base from an earlier run of the same data draws new scenes with its --steps x "
+                         "--batch-size)")
     ap.add_argument("--by-font", action="store_true",
                     help="with --scene demo and word scenes: also score the final model on 4 x --eval-per-task new "
-                         "word renders of the run's style, by font style (with --steps 0: score --base only)")
+                         "word renders of the run's style, by font style, canvas shape and angle (with --steps 0: "
+                         "score --base only)")
     ap.add_argument("--trainable", default=None,
                     help="comma-separated globs replacing the stage preset's trainable parameters "
                          "(e.g. 'vision_model.*,mlp1.*': the patch embedding and mlp1 only)")
@@ -172,7 +177,7 @@ def main() -> None:
         data = write_curriculum(folder / f"train-{args.demo_run}", {"s1.3": samples}, seed=0, radius=radius,
                                 image_size=args.image_size, questions=args.questions, tasks=cycle,
                                 shape_share=sp.shape_share, balanced_position=sp.balanced_position,
-                                word_scenes=word_scenes)["s1.3"]
+                                word_scenes=word_scenes, first_index=args.first_record)["s1.3"]
         evals = write_eval_set(folder / "eval", tasks, args.eval_per_task, seed=plan.eval_seed, radius=radius,
                                image_size=args.image_size, word_scenes=word_scenes)
         items = load_eval_items(evals)
@@ -267,7 +272,8 @@ def train(args, sp, base: Path, data: Path, run: Path) -> tuple[Path, float, dic
 
 def by_word_font(model: MonoInternVL, processor: MonoProcessor, folder: Path, word_scenes: single.WordScenes,
                  n: int, seed: int, image_size: int) -> dict[str, list[int]]:
-    """{"all" and each font style: [right, asked]} for `model` on `n` new word renders of `word_scenes`."""
+    """{"all", each font style, "square"/"non-square" canvas and "upright"/"rotated": [right, asked]} for
+    `model` on `n` new word renders of `word_scenes`."""
     jsonl = write_eval_set(folder / f"eval_words{n}", ["word"], n, seed=seed, radius=(0.2, 0.4),
                            image_size=image_size, word_scenes=word_scenes)
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
@@ -276,11 +282,13 @@ def by_word_font(model: MonoInternVL, processor: MonoProcessor, folder: Path, wo
                              desc="eval words by font")
     out: dict[str, list[int]] = {"all": [0, 0]}
     for rec, item, pred in zip(recs, items, preds):
-        for key in ("all", rec["meta"]["font"]):
+        meta = rec["meta"]  # the world's renders also vary the canvas shape and the angle: group by those too
+        geometry = ("square" if meta["aspect"] == 1.0 else "non-square", "upright" if meta["angle"] == 0 else "rotated")
+        for key in ("all", meta["font"], *geometry):
             cell = out.setdefault(key, [0, 0])
             cell[0] += answer_hit(pred, item.answers)
             cell[1] += 1
-    print(f"word by font (final model, {n} renders): "
+    print(f"word by font and geometry (final model, {n} renders): "
           + ", ".join(f"{f} {r}/{k}" for f, (r, k) in sorted(out.items())))
     return out
 
