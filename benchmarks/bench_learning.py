@@ -51,7 +51,7 @@ from pathlib import Path
 
 from monovl.checkpoint.upcycle import upcycle
 from monovl.demo import single
-from monovl.demo.evaluate import answer_hit, generate_answers, load_eval_items, score_visual
+from monovl.demo.evaluate import EvalItem, answer_hit, generate_answers, load_eval_items, score_visual
 from monovl.demo.pipeline import SMOLLM2, DemoPlan
 from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_eval_set, write_single_object_set
 from monovl.demo.world import QA_TASKS, TRAIN_WORDS, CurriculumSizes, generate_curriculum
@@ -146,6 +146,8 @@ def main() -> None:
         ap.error(f"--words must be 1-{len(TRAIN_WORDS)}, got {args.words}")
     if args.steps < 0 or (args.steps == 0 and not args.base):
         ap.error("--steps must be positive, or 0 with --base (score that checkpoint, train nothing)")
+    if args.first_record < 0 or (args.first_record and args.scene != "demo"):
+        ap.error("--first-record must be >= 0, and is for --scene demo (the other scenes draw from record 0)")
     if args.by_font and (args.scene != "demo" or "word" not in (args.tasks or "").split(",")):
         ap.error("--by-font scores word scenes: it needs --scene demo and word in --tasks")
     if args.word_style != "world" and args.scene != "demo":
@@ -232,7 +234,7 @@ def main() -> None:
     by_color = by_font = None
     if args.by_font:  # the loop ended on the final model
         by_font = by_word_font(model, processor, folder, word_scenes, 4 * args.eval_per_task, plan.eval_seed,
-                               args.image_size)
+                               radius, args.image_size)
     if args.by_color and args.scene in ("single", "demo"):  # the loop ended on the final model
         base_tasks = [t for t in tasks if not t.endswith("_seen")]
         by_color = by_object_color(model, processor, folder, base_tasks, radius, args, plan.eval_seed)
@@ -270,23 +272,28 @@ def train(args, sp, base: Path, data: Path, run: Path) -> tuple[Path, float, dic
     return final, train_s, metrics, [(0, base)] + step_checkpoints(run) + [(args.steps, final)]
 
 
-def by_word_font(model: MonoInternVL, processor: MonoProcessor, folder: Path, word_scenes: single.WordScenes,
-                 n: int, seed: int, image_size: int) -> dict[str, list[int]]:
-    """{"all", each font style, "square"/"non-square" canvas and "upright"/"rotated": [right, asked]} for
-    `model` on `n` new word renders of `word_scenes`."""
-    jsonl = write_eval_set(folder / f"eval_words{n}", ["word"], n, seed=seed, radius=(0.2, 0.4),
-                           image_size=image_size, word_scenes=word_scenes)
+def scored_records(model: MonoInternVL, processor: MonoProcessor, jsonl: Path,
+                   desc: str) -> list[tuple[dict, EvalItem, bool]]:
+    """(record, item, answered right) for every record of an evaluation set, greedy answers in batches."""
     recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
     items = load_eval_items(jsonl)
-    preds = generate_answers(model, processor, [(i.question, i.image) for i in items], max_new_tokens=8,
-                             desc="eval words by font")
+    preds = generate_answers(model, processor, [(i.question, i.image) for i in items], max_new_tokens=8, desc=desc)
+    return [(rec, item, answer_hit(pred, item.answers)) for rec, item, pred in zip(recs, items, preds)]
+
+
+def by_word_font(model: MonoInternVL, processor: MonoProcessor, folder: Path, word_scenes: single.WordScenes,
+                 n: int, seed: int, radius: tuple[float, float], image_size: int) -> dict[str, list[int]]:
+    """{"all", each font style, "square"/"non-square" canvas and "upright"/"rotated": [right, asked]} for
+    `model` on `n` new word renders of `word_scenes`."""
+    jsonl = write_eval_set(folder / f"eval_words{n}", ["word"], n, seed=seed, radius=radius,
+                           image_size=image_size, word_scenes=word_scenes)
     out: dict[str, list[int]] = {"all": [0, 0]}
-    for rec, item, pred in zip(recs, items, preds):
+    for rec, _, hit in scored_records(model, processor, jsonl, "eval words by font"):
         meta = rec["meta"]  # the world's renders also vary the canvas shape and the angle: group by those too
         geometry = ("square" if meta["aspect"] == 1.0 else "non-square", "upright" if meta["angle"] == 0 else "rotated")
         for key in ("all", meta["font"], *geometry):
             cell = out.setdefault(key, [0, 0])
-            cell[0] += answer_hit(pred, item.answers)
+            cell[0] += hit
             cell[1] += 1
     print(f"word by font and geometry (final model, {n} renders): "
           + ", ".join(f"{f} {r}/{k}" for f, (r, k) in sorted(out.items())))
@@ -298,14 +305,10 @@ def by_object_color(model: MonoInternVL, processor: MonoProcessor, folder: Path,
     """{task: {colour: [right, asked]}} for `model` on new images of all 24 pairs."""
     jsonl = write_single_object_set(folder / "eval_all", tasks, 2 * args.eval_per_task * len(tasks), seed=seed,
                                     heldout=False, radius=radius, image_size=args.image_size, all_pairs=True)
-    recs = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    items = load_eval_items(jsonl)
-    preds = generate_answers(model, processor, [(i.question, i.image) for i in items], max_new_tokens=8,
-                             desc="eval by colour")
     out: dict[str, dict[str, list[int]]] = {}
-    for rec, item, pred in zip(recs, items, preds):
+    for rec, item, hit in scored_records(model, processor, jsonl, "eval by colour"):
         cell = out.setdefault(item.task, {}).setdefault(rec["meta"]["objects"][0]["color"], [0, 0])
-        cell[0] += answer_hit(pred, item.answers)
+        cell[0] += hit
         cell[1] += 1
     for task, cells in out.items():
         print(f"{task} by object colour (final model, all 24 pairs): "
