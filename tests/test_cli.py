@@ -94,15 +94,17 @@ def test_quick_demo_runs_end_to_end(tmp_path, capsys):
     assert single["english_nll"] == results["base"]["english_nll"]
 
     # `--full` in the same folder reuses the four finished stages it shares (same config and data),
-    # trains s1.3c and a new s2 from it, and evaluates counting and reading too.
+    # trains the reading ladder, s1.3c after it and a new s2, and evaluates counting and reading too.
     s13b = (out / "main" / "s1.3b" / "final" / "model.safetensors").stat().st_mtime_ns
     assert main(["demo", "--quick", "--full", "--out", str(out)]) == 0
     full = json.loads((out / "results.json").read_text())
-    assert list(full["results"]) == ["base", "s1.1", "s1.2", "s1.3a", "s1.3b", "s1.3c", "s2"]
+    assert list(full["results"]) == ["base", "s1.1", "s1.2", "s1.3a", "s1.3b", "read-plain", "read-world", "s1.3c",
+                                     "s2"]
     assert full["reused_stages"] == ["s1.1", "s1.2", "s1.3a", "s1.3b"]
     assert (out / "main" / "s1.3b" / "final" / "model.safetensors").stat().st_mtime_ns == s13b
     assert set(full["results"]["s2"]["tasks"]) == {"color", "shape", "position", "count", "word"}
     assert "model: " + str(out / "main" / "s1.3c" / "final") in (out / "configs" / "s2.yaml").read_text()
+    assert "model: " + str(out / "main" / "read-world" / "final") in (out / "configs" / "s1.3c.yaml").read_text()
     assert full["results"]["s1.3c"]["english_nll"] == results["base"]["english_nll"]
 
 

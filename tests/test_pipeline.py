@@ -11,7 +11,7 @@ from monovl.demo.render import FONT_STYLES
 def test_full_plan_trains_and_scores_position_in_every_cell_and_keeps_the_default_data(tmp_path):
     plan = replace(DemoPlan.quick(full=True), eval_late=18)
     data, items = curriculum(tmp_path, plan)
-    assert list(data) == ["s1.1", "s1.2", "s1.3a", "s1.3b", *FULL_READING, "s1.3c", "s2"]
+    assert list(data) == ["s1.1", "s1.2", "s1.3a", "s1.3b", "read-plain", "read-world", "s1.3c", "s2"]
     # evaluation: position asked about objects in any cell (no cell is the answer prior)
     cells = Counter(i.answers[0] for i in items if i.task == "position")
     assert sum(cells.values()) == 18 and len(cells) >= 6 and cells["center"] <= 6
@@ -29,10 +29,11 @@ def test_full_plan_trains_and_scores_position_in_every_cell_and_keeps_the_defaul
 
 
 def test_full_plan_climbs_a_reading_ladder_of_its_own_vocabulary_and_keeps_words_in_s13c(tmp_path):
-    plan = replace(DemoPlan.quick(full=True), eval_late=8)
-    plan.stages["s1.3c"] = replace(plan.stages["s1.3c"], steps=6)  # 24 scenes: both word slots of the cycle
-    for stage in FULL_READING:
-        plan.stages[stage] = replace(plan.stages[stage], steps=6)
+    full = DemoPlan.full()
+    assert list(full.stages) == ["s1.1", "s1.2", "s1.3a", "s1.3b", *FULL_READING, "s1.3c", "s2"]
+    # 6 steps of 4 per run (the s1.3c cycle's both word slots), 8 evaluation items per task
+    plan = replace(full, stages={k: replace(sp, steps=6, batch_size=4) for k, sp in full.stages.items()},
+                   eval_late=8)
     data, items = curriculum(tmp_path, plan)
 
     def records(stage):
