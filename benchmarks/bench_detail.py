@@ -28,7 +28,6 @@ from safetensors import safe_open
 from monovl.checkpoint.safetensors_io import CheckpointError, weight_files
 from monovl.demo.evaluate import EvalItem, load_eval_items, score_visual
 from monovl.demo.pipeline import DemoPlan
-from monovl.demo.single import RUNG_TASKS, SINGLE_TASKS, write_eval_set
 from monovl.model.mono_internvl import MonoInternVL
 from monovl.processing import MonoProcessor
 
@@ -72,8 +71,7 @@ def main() -> None:
     model = MonoInternVL.from_pretrained(args.model).eval()
     processor = MonoProcessor.from_pretrained(args.model)
     tile, patch = model.config.vision.image_size, model.config.vision.patch_size
-    jsonl = write_eval_set(args.out / "eval-set", SINGLE_TASKS + RUNG_TASKS, args.per_task, seed=plan.eval_seed,
-                           radius=plan.radius, image_size=plan.image_size, word_scenes=plan.word_scenes())
+    jsonl = plan.write_eval_set(args.out / "eval-set", args.per_task)
     items = load_eval_items(jsonl, per_task=args.per_task)
     result: dict = {"model": str(args.model), "tile": tile, "patch": patch, "scores": {}}
     for block in (None, patch, 2 * patch):

@@ -78,9 +78,9 @@ class StagePlan:
     # with the plan's radius the centre cell is the answer about two times in three.
     balanced_position: bool = False
     # Word scenes (RUNG_TASKS "word"): single.WORD_STYLES style, and the font subset of the "fonts" and
-    # "inks" styles (None: all of render.FONT_STYLES); the vocabulary is DemoPlan.words.
+    # "inks" styles; the vocabulary is DemoPlan.words.
     word_style: str = "world"
-    word_fonts: tuple[str, ...] | None = None
+    word_fonts: tuple[str, ...] = FONT_STYLES
 
 
 # `--full`'s reading vocabulary: the world's first 8 training words. With its 24 (RUNG_WORDS) the
@@ -88,7 +88,7 @@ class StagePlan:
 FULL_WORDS: tuple[str, ...] = RUNG_WORDS[:8]
 
 
-def _reading(style: str, fonts: tuple[str, ...] | None = None, steps: int = 150, lr: float = 2e-4) -> StagePlan:
+def _reading(style: str, fonts: tuple[str, ...] = FONT_STYLES, steps: int = 150, lr: float = 2e-4) -> StagePlan:
     return StagePlan(steps=steps, lr=lr, warmup_steps=3, lr_scale=dict(SINGLE_NEW_PARAMS_LR), params_of="s1.1",
                      preset="s1.3", tasks=("word",), questions=1, word_style=style, word_fonts=fonts)
 
@@ -191,8 +191,16 @@ class DemoPlan:
 
     def word_scenes(self, run: str | None = None) -> WordScenes:
         """How a run of `stages` draws word scenes (None: evaluation, the world's renders)."""
-        sp = self.stages[run] if run else StagePlan(0, 0.0)
-        return WordScenes(self.words, sp.word_style, sp.word_fonts or FONT_STYLES)
+        if run is None:
+            return WordScenes(self.words)
+        return WordScenes(self.words, self.stages[run].word_style, self.stages[run].word_fonts)
+
+    def write_eval_set(self, out: Path, per_task: int | None = None) -> Path:
+        """The plan's held-out evaluation set under `out` (`per_task` items of each of `eval_tasks`;
+        default: the most any stage asks); returns out/data.jsonl."""
+        return write_eval_set(out, self.eval_tasks, per_task or max(self.eval_early, self.eval_late),
+                              seed=self.eval_seed, radius=self.radius, image_size=self.image_size,
+                              word_scenes=self.word_scenes())
 
     def preset(self, run: str) -> str:
         """The EViP stage of a run in `stages` ("s1.3b" -> "s1.3"); "base" for the upcycled model."""
@@ -355,10 +363,7 @@ def curriculum(out: Path, plan: DemoPlan) -> tuple[dict[str, Path], list[EvalIte
                                       first_index=first.get(kind, 0), balanced_position=sp.balanced_position,
                                       word_scenes=plan.word_scenes(name))[kind]
         first[kind] = first.get(kind, 0) + n
-    evals = write_eval_set(out / f"data-single-eval-{tag}", plan.eval_tasks, max(plan.eval_early, plan.eval_late),
-                           seed=plan.eval_seed, radius=plan.radius, image_size=plan.image_size,
-                           word_scenes=plan.word_scenes())
-    return data, load_eval_items(evals)
+    return data, load_eval_items(plan.write_eval_set(out / f"data-single-eval-{tag}"))
 
 
 def _data_sha1(path: Path) -> str:
